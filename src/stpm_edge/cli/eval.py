@@ -1,0 +1,61 @@
+"""``stpm-eval MODEL DATA``: image AUROC, pixel AUROC, PRO and F1 on a test split."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from stpm_edge.cli.common import console, print_json, setup_logging, user_errors
+from stpm_edge.data.mvtec import load_dataset
+from stpm_edge.errors import StpmError
+from stpm_edge.eval.evaluate import evaluate
+from stpm_edge.models.checkpoint import load_checkpoint
+from stpm_edge.train.trainer import resolve_device
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+@user_errors("stpm-eval")
+def eval_cmd(
+    model: Path = typer.Argument(..., help="Checkpoint (model.pt) written by stpm-train."),
+    data: Path = typer.Argument(..., help="MVTec AD category folder with a test/ split (ground_truth/ for pixel metrics)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    batch_size: int = typer.Option(16, help="Images per forward pass."),
+    json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint",
+                                          help="Allow full unpickling of the checkpoint (only for files you trust)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Evaluate a checkpoint: image AUROC, pixel AUROC, PRO (AUPRO to FPR 0.3) and F1 at the stored threshold."""
+    setup_logging(verbose)
+    net, meta = load_checkpoint(model, allow_pickle=trust_checkpoint)
+    dataset = load_dataset(data)
+    if not dataset.has_test:
+        raise StpmError(f"{data}: no test split with both good and defective images (expected test/good and test/<type>)")
+    n = len(dataset.test)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True, disable=json_out) as progress:
+        task = progress.add_task("evaluating", total=2 * n)
+        result = evaluate(net, meta, dataset, resolve_device(device), batch_size,
+                          progress=lambda k: progress.advance(task, k))
+    out = {"model": str(model), "data": str(data)} | result.to_dict()
+    if json_out:
+        print_json(out)
+        return
+    table = Table(title=f"{model.name} on {data}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("image AUROC", _fmt(result.image_auroc))
+    table.add_row("pixel AUROC", _fmt(result.pixel_auroc))
+    table.add_row("PRO (FPR≤0.3)", _fmt(result.pro))
+    if result.f1:
+        table.add_row("F1 @ stored threshold", f"{result.f1['f1']:.4f} (P {result.f1['precision']:.3f} R {result.f1['recall']:.3f})")
+    for t, v in result.per_type.items():
+        table.add_row(f"  image AUROC [{t}]", _fmt(v))
+    table.add_row("images (defective)", f"{result.n_images} ({result.n_defective})")
+    table.add_row("ms / image", f"{result.ms_per_image:.1f}")
+    console.print(table)

@@ -1,0 +1,25 @@
+"""``stpm info MODEL``: print a model's metadata."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from stpm_edge.cli.common import console, print_json, user_errors
+from stpm_edge.models.checkpoint import file_sha256, meta_from_dict, read_checkpoint_dict
+
+
+@user_errors("stpm info")
+def info_cmd(
+    model: Path = typer.Argument(..., help="A checkpoint (model.pt)."),
+    json_out: bool = typer.Option(False, "--json"),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling (trusted files only)."),
+) -> None:
+    """Show architecture, input, thresholds and provenance of a model file."""
+    meta = meta_from_dict(read_checkpoint_dict(model, allow_pickle=trust_checkpoint), str(model))
+    info = meta.to_dict() | {"file": str(model), "sha256": file_sha256(model)}
+    if json_out:
+        print_json(info)
+        return
+    for key, value in info.items():
+        console.print(f"[bold]{key}[/bold]: {value}", highlight=False, soft_wrap=True)

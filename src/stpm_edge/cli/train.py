@@ -1,0 +1,85 @@
+"""``stpm-train DATA -o model.pt``: train an STPM model on good images."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from stpm_edge.cli.common import console, print_json, setup_logging, user_errors
+from stpm_edge.models.backbones import BACKBONES
+from stpm_edge.train.trainer import CPU_TIME_BUDGET_MIN, EpochLog, TrainConfig, train
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+@user_errors("stpm-train")
+def train_cmd(
+    data: Path = typer.Argument(..., help="MVTec AD category folder (train/good, optional test/) or a folder of good images."),
+    output: Path = typer.Option(Path("model.pt"), "-o", "--output", help="Checkpoint to write (atomically)."),
+    backbone: str = typer.Option("efficientnet_lite0", help=f"Teacher/student architecture: {', '.join(BACKBONES)}."),
+    layers: str = typer.Option("", help="Comma-separated pyramid levels (default: the backbone's three; "
+                                        "resnet: layer1,layer2,layer3; efficientnet_lite0: blocks.1,blocks.2,blocks.4)."),
+    image_size: int = typer.Option(256, help="Square model input size in pixels."),
+    epochs: int = typer.Option(100, help="Maximum epochs."),
+    batch_size: int = typer.Option(8, help="Images per SGD step."),
+    lr: float = typer.Option(0.4, help="SGD learning rate (paper: 0.4; momentum 0.9, weight decay 1e-4)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    seed: int = typer.Option(0, help="Seed for the hold-out split, initialisation and shuffling."),
+    holdout: float = typer.Option(0.2, help="Fraction of good images held out for early stopping and thresholds."),
+    patience: int = typer.Option(10, help="Stop after this many epochs without held-out improvement."),
+    time_budget: Optional[float] = typer.Option(None, help=f"Stop after this many minutes (default: {CPU_TIME_BUDGET_MIN:g} on CPU, none on CUDA; 0 = none)."),
+    val_every: int = typer.Option(1, help="Report test-split AUROC every N epochs when a test split exists (0 = never)."),
+    blur: float = typer.Option(4.0, help="Gaussian blur sigma applied to the anomaly map before the max (0 = off)."),
+    teacher_weights: Optional[Path] = typer.Option(None, help="Teacher ImageNet weights (state dict) instead of the default source."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Train an STPM model (frozen pretrained teacher, student learns to mimic it on good images)."""
+    setup_logging(verbose)
+    cfg = TrainConfig(backbone=backbone, layers=tuple(s for s in layers.split(",") if s.strip()), image_size=image_size,
+                      epochs=epochs, batch_size=batch_size, lr=lr, device=device, seed=seed, holdout=holdout,
+                      patience=patience, time_budget_min=time_budget, val_every=val_every, blur_sigma=blur,
+                      teacher_weights=teacher_weights)
+    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]}  held-out {task.fields[hold]}  "
+                                   "val AUROC img {task.fields[img]} px {task.fields[px]}  best@{task.fields[best]}"),
+                        TimeElapsedColumn(), console=console, disable=json_out)
+    tasks: list = []  # the display starts on the first step, so input errors print only the error line
+
+    def task() -> object:
+        if not tasks:
+            progress.start()
+            tasks.append(progress.add_task("train", total=epochs, epoch=1, loss="-", hold="-", img="-", px="-",
+                                           best="-"))
+        return tasks[0]
+
+    def on_step(loss: float) -> None:
+        progress.update(task(), loss=f"{loss:.4f}")
+
+    def on_epoch(log: EpochLog, best: int) -> None:
+        progress.update(task(), completed=log.epoch, epoch=log.epoch, loss=f"{log.loss:.4f}",
+                        hold=f"{log.holdout_loss:.4f}", img=_fmt(log.image_auroc), px=_fmt(log.pixel_auroc),
+                        best=best)
+
+    try:
+        result = train(data, output, cfg, on_epoch=on_epoch, on_step=on_step)
+    finally:
+        if tasks:
+            progress.stop()
+    norm = result.meta.normalization
+    summary = {
+        "output": str(result.output), "device": result.device, "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch, "stop_reason": result.stop_reason, "seconds": round(result.seconds, 1),
+        "image_threshold": norm.image_threshold, "pixel_threshold": norm.pixel_threshold,
+        "last_val_image_auroc": next((h.image_auroc for h in reversed(result.history) if h.image_auroc is not None), None),
+    }
+    if json_out:
+        print_json(summary)
+    else:
+        console.print(f"saved {result.output} (best epoch {result.best_epoch} of {result.epochs_run}, "
+                      f"{result.stop_reason}, {result.seconds:.0f} s on {result.device}); "
+                      f"thresholds: image {norm.image_threshold:.4g}, pixel {norm.pixel_threshold:.4g}")

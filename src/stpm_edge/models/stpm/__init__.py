@@ -1,0 +1,7 @@
+"""STPM: Student-Teacher Feature Pyramid Matching (Wang et al., BMVC 2021)."""
+from stpm_edge.models.stpm.anomaly_map import AnomalyMapHead, level_distance, l2_normalize
+from stpm_edge.models.stpm.loss import stpm_loss, stpm_loss_per_image
+from stpm_edge.models.stpm.model import STPM, STPMConfig
+
+__all__ = ["STPM", "STPMConfig", "AnomalyMapHead", "level_distance", "l2_normalize", "stpm_loss",
+           "stpm_loss_per_image"]

@@ -1,0 +1,86 @@
+"""The STPM anomaly-map math — the single definition used by the loss, training,
+evaluation and the ONNX exporter (which traces :class:`AnomalyMapHead` unchanged).
+
+Per level ``l`` (Wang et al., "Student-Teacher Feature Pyramid Matching for Anomaly
+Detection", BMVC 2021):
+
+    t̂ = t / max(‖t‖₂, eps),  ŝ = s / max(‖s‖₂, eps)        (along channels)
+    d_l = 0.5 · ‖t̂ − ŝ‖²                                      (N, 1, h_l, w_l)
+    map = ∏_l upsample_bilinear(d_l, output size)
+    score = max(map)                                          (after the optional blur)
+
+Everything is written with basic ops (ReduceSum of squares, Sqrt, Max with eps, Div,
+Resize, Mul, Conv, ReduceMax) so it exports to an ONNX graph that TensorRT 8.5+ parses;
+no LpNormalization.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EPS = 1e-12
+
+
+def l2_normalize(features: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Divide by the channel-wise L2 norm, clamped below at ``eps``."""
+    norm = torch.sqrt(torch.sum(features * features, dim=1, keepdim=True))
+    return features / torch.clamp(norm, min=eps)
+
+
+def level_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """0.5·‖norm(t) − norm(s)‖² along channels: (N, C, h, w) pair → (N, 1, h, w)."""
+    diff = l2_normalize(teacher) - l2_normalize(student)
+    return 0.5 * torch.sum(diff * diff, dim=1, keepdim=True)
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian of radius ceil(4σ) (kernel size 2·radius+1)."""
+    radius = max(1, math.ceil(4.0 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).to(torch.float32)
+
+
+class GaussianBlur(nn.Module):
+    """Separable Gaussian blur as two fixed convolutions with zero padding, renormalised
+    at the borders (``blur(x) / blur(1)``), so a constant map stays constant everywhere."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        k = gaussian_kernel1d(sigma)
+        self.sigma = float(sigma)
+        self.pad = (k.numel() - 1) // 2
+        self.register_buffer("kx", k.view(1, 1, 1, -1), persistent=False)
+        self.register_buffer("ky", k.view(1, 1, -1, 1), persistent=False)
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(x, self.kx, padding=(0, self.pad))
+        return F.conv2d(x, self.ky, padding=(self.pad, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones_like(x[:1])
+        return self._conv(x) / self._conv(ones)
+
+
+class AnomalyMapHead(nn.Module):
+    """Teacher and student pyramids → (anomaly map (N,1,H,W), image score (N,))."""
+
+    def __init__(self, output_size: tuple[int, int], blur_sigma: float = 0.0) -> None:
+        super().__init__()
+        self.output_size = (int(output_size[0]), int(output_size[1]))
+        self.blur = GaussianBlur(blur_sigma) if blur_sigma and blur_sigma > 0 else None
+
+    def forward(self, teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        amap = None
+        for t, s in zip(teacher, student):
+            d = F.interpolate(level_distance(t, s), size=self.output_size, mode="bilinear", align_corners=False)
+            amap = d if amap is None else amap * d
+        if self.blur is not None:
+            amap = self.blur(amap)
+        score = torch.amax(amap, dim=(1, 2, 3))
+        return amap, score

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stpm_edge.models.stpm.anomaly_map import AnomalyMapHead, GaussianBlur, l2_normalize, level_distance
+from stpm_edge.models.stpm.loss import stpm_loss, stpm_loss_per_image
+
+
+def test_level_distance_matches_the_paper_formula():
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.randn(2, 5, 3, 4, generator=g), torch.randn(2, 5, 3, 4, generator=g)
+    tn = t.numpy() / np.linalg.norm(t.numpy(), axis=1, keepdims=True)
+    sn = s.numpy() / np.linalg.norm(s.numpy(), axis=1, keepdims=True)
+    expected = 0.5 * ((tn - sn) ** 2).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(level_distance(t, s).numpy(), expected, rtol=1e-5, atol=1e-7)
+    # on unit vectors 0.5‖a−b‖² = 1 − cos(a, b), bounded in [0, 2]
+    np.testing.assert_allclose(level_distance(t, s).numpy()[:, 0], 1 - F.cosine_similarity(t, s, dim=1).numpy(), atol=1e-6)
+
+
+def test_l2_normalize_is_safe_on_zero_features():
+    out = l2_normalize(torch.zeros(1, 3, 2, 2))
+    assert torch.isfinite(out).all() and (out == 0).all()
+
+
+def test_map_is_the_product_of_upsampled_level_distances():
+    g = torch.Generator().manual_seed(1)
+    t = [torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 6, 4, 4, generator=g)]
+    s = [torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 6, 4, 4, generator=g)]
+    amap, score = AnomalyMapHead((32, 32))(t, s)
+    up = [F.interpolate(level_distance(a, b), size=(32, 32), mode="bilinear", align_corners=False) for a, b in zip(t, s)]
+    torch.testing.assert_close(amap, up[0] * up[1])
+    torch.testing.assert_close(score, amap.amax(dim=(1, 2, 3)))
+    assert amap.shape == (1, 1, 32, 32)
+
+
+def test_identical_teacher_and_student_give_a_zero_map():
+    t = [torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)]
+    amap, score = AnomalyMapHead((16, 16))(t, [x.clone() for x in t])
+    assert float(amap.abs().max()) < 1e-10 and score.shape == (2,)
+
+
+def test_blur_keeps_constants_and_mass_and_smooths_a_peak():
+    blur = GaussianBlur(4.0)
+    const = torch.full((1, 1, 40, 50), 3.0)
+    torch.testing.assert_close(blur(const), const)
+    peak = torch.zeros(1, 1, 64, 64)
+    peak[0, 0, 32, 32] = 1.0
+    out = blur(peak)
+    assert abs(float(out.sum()) - 1.0) < 1e-4  # an interior peak keeps its mass
+    assert float(out.max()) < 0.02 and int(out.argmax()) == 32 * 64 + 32
+    amap, score = AnomalyMapHead((64, 64), blur_sigma=4.0)([torch.randn(1, 3, 8, 8)], [torch.randn(1, 3, 8, 8)])
+    torch.testing.assert_close(score, amap.amax(dim=(1, 2, 3)))
+
+
+def test_loss_is_the_sum_over_levels_of_mean_distances():
+    t = [torch.randn(3, 4, 8, 8), torch.randn(3, 6, 4, 4)]
+    s = [torch.randn(3, 4, 8, 8), torch.randn(3, 6, 4, 4)]
+    per = stpm_loss_per_image(t, s)
+    expected = level_distance(t[0], s[0]).mean(dim=(1, 2, 3)) + level_distance(t[1], s[1]).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(per, expected)
+    torch.testing.assert_close(stpm_loss(t, s), expected.mean())
