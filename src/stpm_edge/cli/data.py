@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from stpm_edge.cli.common import console, print_json, setup_logging, user_errors
-from stpm_edge.data.sample import CATEGORIES, make_sample_dataset
+from stpm_edge.data.sample import CATEGORIES, DEFAULT_IMAGE_SIZE, make_sample_dataset
 
 data_app = typer.Typer(help="Datasets: make sample data.", no_args_is_help=True)
 
@@ -17,7 +17,7 @@ def sample_cmd(
     out: Path = typer.Argument(..., help="Output folder (MVTec AD layout); must not exist or be empty."),
     category: str = typer.Option("brick", help=f"Source photograph: {', '.join(CATEGORIES)}."),
     seed: int = typer.Option(0, help="Seed for crops and defects."),
-    image_size: int = typer.Option(160, help="Side of the square crops in pixels."),
+    image_size: int = typer.Option(DEFAULT_IMAGE_SIZE, help="Side of the square crops in pixels (at most half the photograph's width)."),
     n_train: int = typer.Option(60, help="Good training images."),
     n_test_good: int = typer.Option(20, help="Good test images."),
     n_defect_per_kind: int = typer.Option(6, help="Defective test images per defect kind."),

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.markup import escape
 from rich.table import Table
 
 from stpm_edge.cli.common import console, print_json, setup_logging, user_errors
@@ -55,7 +56,7 @@ def eval_cmd(
     if result.f1:
         table.add_row("F1 @ stored threshold", f"{result.f1['f1']:.4f} (P {result.f1['precision']:.3f} R {result.f1['recall']:.3f})")
     for t, v in result.per_type.items():
-        table.add_row(f"  image AUROC [{t}]", _fmt(v))
+        table.add_row(escape(f"  image AUROC [{t}]"), _fmt(v))
     table.add_row("images (defective)", f"{result.n_images} ({result.n_defective})")
     table.add_row("ms / image", f"{result.ms_per_image:.1f}")
     console.print(table)
