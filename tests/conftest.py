@@ -5,12 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from stpm_edge.data.sample import make_sample_dataset
 from stpm_edge.train.trainer import TrainConfig, train
-
-torch.set_num_threads(max(1, torch.get_num_threads()))
 
 # A small but real configuration: few epochs at a low resolution keep the suite fast on 2 cores.
 SMALL_TRAIN = dict(image_size=96, epochs=3, batch_size=8, time_budget_min=0, patience=10, seed=0)

@@ -42,12 +42,12 @@ def test_identical_teacher_and_student_give_a_zero_map():
 
 
 def test_blur_keeps_constants_and_mass_and_smooths_a_peak():
-    blur = GaussianBlur(4.0)
+    blur = GaussianBlur(4.0, (40, 50))
     const = torch.full((1, 1, 40, 50), 3.0)
     torch.testing.assert_close(blur(const), const)
     peak = torch.zeros(1, 1, 64, 64)
     peak[0, 0, 32, 32] = 1.0
-    out = blur(peak)
+    out = GaussianBlur(4.0, (64, 64))(peak)
     assert abs(float(out.sum()) - 1.0) < 1e-4  # an interior peak keeps its mass
     assert float(out.max()) < 0.02 and int(out.argmax()) == 32 * 64 + 32
     amap, score = AnomalyMapHead((64, 64), blur_sigma=4.0)([torch.randn(1, 3, 8, 8)], [torch.randn(1, 3, 8, 8)])

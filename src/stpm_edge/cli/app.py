@@ -1,4 +1,4 @@
-"""The ``stpm`` umbrella command and the per-verb console scripts (``stpm-train``, ``stpm-eval``)."""
+"""The ``stpm`` umbrella command and the per-verb console scripts (``stpm-train``, ``stpm-eval``, ``stpm-export``)."""
 from __future__ import annotations
 
 import typer
@@ -6,6 +6,7 @@ import typer
 from stpm_edge import __version__
 from stpm_edge.cli.data import data_app
 from stpm_edge.cli.eval import eval_cmd
+from stpm_edge.cli.export import export_cmd
 from stpm_edge.cli.info import info_cmd
 from stpm_edge.cli.train import train_cmd
 
@@ -15,6 +16,7 @@ app = typer.Typer(name="stpm", no_args_is_help=True, context_settings=CONTEXT, a
                   help="stpm-edge: train, evaluate and deploy student-teacher (STPM) anomaly detectors.")
 app.command("train")(train_cmd)
 app.command("eval")(eval_cmd)
+app.command("export")(export_cmd)
 app.command("info")(info_cmd)
 app.add_typer(data_app, name="data")
 
@@ -47,3 +49,7 @@ def train_main() -> None:
 
 def eval_main() -> None:
     _single(eval_cmd, "stpm-eval")(prog_name="stpm-eval")
+
+
+def export_main() -> None:
+    _single(export_cmd, "stpm-export")(prog_name="stpm-export")

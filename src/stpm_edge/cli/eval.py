@@ -11,7 +11,7 @@ from rich.table import Table
 from stpm_edge.cli.common import console, print_json, setup_logging, user_errors
 from stpm_edge.data.mvtec import load_dataset
 from stpm_edge.errors import StpmError
-from stpm_edge.eval.evaluate import evaluate
+from stpm_edge.eval.evaluate import evaluate, evaluate_backend
 from stpm_edge.models.checkpoint import load_checkpoint
 from stpm_edge.train.trainer import resolve_device
 
@@ -22,9 +22,9 @@ def _fmt(v: float | None) -> str:
 
 @user_errors("stpm-eval")
 def eval_cmd(
-    model: Path = typer.Argument(..., help="Checkpoint (model.pt) written by stpm-train."),
+    model: Path = typer.Argument(..., help="Checkpoint (model.pt), or an exported model.onnx (run through ONNX Runtime)."),
     data: Path = typer.Argument(..., help="MVTec AD category folder with a test/ split (ground_truth/ for pixel metrics)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda (and tensorrt for .onnx: the ONNX Runtime TensorRT provider)."),
     batch_size: int = typer.Option(16, help="Images per forward pass."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint",
@@ -33,7 +33,13 @@ def eval_cmd(
 ) -> None:
     """Evaluate a checkpoint: image AUROC, pixel AUROC, PRO (AUPRO to FPR 0.3) and F1 at the stored threshold."""
     setup_logging(verbose)
-    net, meta = load_checkpoint(model, allow_pickle=trust_checkpoint)
+    onnx_model = model.suffix.lower() == ".onnx"
+    if onnx_model:
+        from stpm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+        backend = OnnxRuntimeBackend(model, providers="auto" if device == "auto" else device)
+    else:
+        net, meta = load_checkpoint(model, allow_pickle=trust_checkpoint)
     dataset = load_dataset(data)
     if not dataset.has_test:
         raise StpmError(f"{data}: no test split with both good and defective images (expected test/good and test/<type>)")
@@ -41,8 +47,11 @@ def eval_cmd(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True, disable=json_out) as progress:
         task = progress.add_task("evaluating", total=2 * n)
-        result = evaluate(net, meta, dataset, resolve_device(device), batch_size,
-                          progress=lambda k: progress.advance(task, k))
+        step = lambda k: progress.advance(task, k)  # noqa: E731
+        if onnx_model:
+            result = evaluate_backend(backend, dataset, batch_size, progress=step)
+        else:
+            result = evaluate(net, meta, dataset, resolve_device(device), batch_size, progress=step)
     out = {"model": str(model), "data": str(data)} | result.to_dict()
     if json_out:
         print_json(out)

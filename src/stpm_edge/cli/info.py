@@ -11,13 +11,18 @@ from stpm_edge.models.checkpoint import file_sha256, meta_from_dict, read_checkp
 
 @user_errors("stpm info")
 def info_cmd(
-    model: Path = typer.Argument(..., help="A checkpoint (model.pt)."),
+    model: Path = typer.Argument(..., help="A checkpoint (model.pt) or an exported model (model.onnx)."),
     json_out: bool = typer.Option(False, "--json"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling (trusted files only)."),
 ) -> None:
-    """Show architecture, input, thresholds and provenance of a model file."""
-    meta = meta_from_dict(read_checkpoint_dict(model, allow_pickle=trust_checkpoint), str(model))
-    info = meta.to_dict() | {"file": str(model), "sha256": file_sha256(model)}
+    """Show architecture, input, thresholds and provenance of a checkpoint (.pt) or exported model (.onnx)."""
+    if model.suffix.lower() == ".onnx":
+        from stpm_edge.export.onnx_export import read_onnx_metadata
+
+        info = read_onnx_metadata(model) | {"file": str(model), "sha256": file_sha256(model)}
+    else:
+        meta = meta_from_dict(read_checkpoint_dict(model, allow_pickle=trust_checkpoint), str(model))
+        info = meta.to_dict() | {"file": str(model), "sha256": file_sha256(model)}
     if json_out:
         print_json(info)
         return

@@ -46,7 +46,7 @@ class Preprocess(nn.Module):
         x = frames.permute(0, 3, 1, 2).to(torch.float32)
         if tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=False)
-        x = x.flip(1)  # BGR -> RGB
+        x = x[:, [2, 1, 0]]  # BGR -> RGB (a Gather with constant indices in ONNX)
         return x * self.scale + self.shift
 
 

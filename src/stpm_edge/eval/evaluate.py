@@ -1,7 +1,9 @@
-"""Run a model over a dataset's test split and compute the MVTec AD metrics.
+"""Run a model (PyTorch checkpoint, or an exported model through a runtime backend) over a
+dataset's test split and compute the MVTec AD metrics.
 
-Maps are compared with the ground truth at the model's input size (masks are resized
-with nearest-neighbour), as anomalib does; image scores are the model's image scores.
+Maps are compared with the ground truth at the maps' own size (the model input size, or the
+frame size for an export with ``--map-size frame``); masks are resized with
+nearest-neighbour, as anomalib does. Image scores are the model's image scores.
 """
 from __future__ import annotations
 
@@ -14,21 +16,31 @@ import numpy as np
 import torch
 
 from stpm_edge.data.mvtec import Dataset, TestSample, load_test_sample
-from stpm_edge.data.preprocess import PreprocessSpec, preprocess_images
+from stpm_edge.data.preprocess import preprocess_images
 from stpm_edge.errors import StpmError
 from stpm_edge.eval import metrics
 from stpm_edge.models.checkpoint import ModelMeta
 from stpm_edge.models.stpm.model import STPM
+from stpm_edge.runtime.backends.base import Backend
+from stpm_edge.runtime.frames import to_model_input
 
 
 @dataclass
-class PreparedTest:
-    """A test split preprocessed once: inputs, labels, masks at model size (or None)."""
+class EvalSet:
+    """A test split read once: BGR images, labels, full-resolution masks (or None), defect types."""
 
-    x: torch.Tensor
+    images: list[np.ndarray]
     labels: np.ndarray
-    masks: np.ndarray | None
+    masks: list[np.ndarray] | None
     types: list[str]
+
+    def masks_at(self, size: tuple[int, int]) -> np.ndarray | None:
+        """Masks resized (nearest) to ``size`` (h, w), stacked; None without ground truth."""
+        if self.masks is None:
+            return None
+        h, w = size
+        return np.stack([cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+                         for m in self.masks])
 
 
 @dataclass
@@ -47,24 +59,19 @@ class EvalResult:
                                               "ms_per_image", "per_type")}
 
 
-def prepare_test(samples: Sequence[TestSample], spec: PreprocessSpec,
-                 progress: Callable[[int], None] | None = None) -> PreparedTest:
+def load_test(samples: Sequence[TestSample], progress: Callable[[int], None] | None = None) -> EvalSet:
     if not samples:
         raise StpmError("the dataset has no test images")
     images, masks, have_masks = [], [], any(s.mask is not None for s in samples)
-    h, w = spec.image_size
     for s in samples:
         img, mask = load_test_sample(s)
         images.append(img)
         if have_masks:
-            if mask is None:
-                mask = np.zeros(img.shape[:2], dtype=bool)
-            masks.append(cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0)
+            masks.append(mask if mask is not None else np.zeros(img.shape[:2], dtype=bool))
         if progress:
             progress(1)
     labels = np.array([s.label for s in samples], dtype=np.int64)
-    return PreparedTest(preprocess_images(images, spec), labels, np.stack(masks) if have_masks else None,
-                        [s.defect_type for s in samples])
+    return EvalSet(images, labels, masks if have_masks else None, [s.defect_type for s in samples])
 
 
 @torch.no_grad()
@@ -84,31 +91,48 @@ def predict(model: STPM, x: torch.Tensor, device: torch.device | str = "cpu", ba
     return np.concatenate(maps), np.concatenate(scores), 1000.0 * elapsed / max(1, len(x))
 
 
-def score_test(prepared: PreparedTest, maps: np.ndarray, scores: np.ndarray,
+def score_test(test: EvalSet, maps: np.ndarray, scores: np.ndarray,
                image_threshold: float | None = None) -> EvalResult:
-    labels = prepared.labels
+    """Metrics of (N, h, w) maps and (N,) scores; masks are compared at the maps' size."""
+    labels = test.labels
     if labels.min() == labels.max():
         raise StpmError("the test split needs both good and defective images to compute AUROC")
-    pixel_auroc = pro = None
-    if prepared.masks is not None and prepared.masks.any():
-        pixel_auroc = metrics.pixel_auroc(prepared.masks, maps)
-        pro = metrics.pro_auc(prepared.masks, maps)
-    f1 = metrics.f1_at_threshold(labels, scores, image_threshold) if image_threshold is not None else None
+    masks = test.masks_at(maps.shape[-2:])
+    m = metrics.compute_metrics(labels, scores, masks, maps if masks is not None else None, threshold=image_threshold)
     per_type = {}
     good = labels == 0
-    for t in sorted(set(prepared.types) - {"good"}):
-        sel = good | np.array([ty == t for ty in prepared.types])
+    for t in sorted(set(test.types) - {"good"}):
+        sel = good | np.array([ty == t for ty in test.types])
         per_type[t] = metrics.image_auroc(labels[sel], scores[sel])
-    return EvalResult(metrics.image_auroc(labels, scores), pixel_auroc, pro, f1, int(len(labels)),
-                      int(labels.sum()), float("nan"), per_type)
+    return EvalResult(m.image_auroc, m.pixel_auroc, m.pro, m.f1, int(len(labels)), int(labels.sum()),
+                      float("nan"), per_type)
 
 
 def evaluate(model: STPM, meta: ModelMeta, dataset: Dataset, device: torch.device | str = "cpu",
              batch_size: int = 16, progress: Callable[[int], None] | None = None) -> EvalResult:
-    """Image AUROC, pixel AUROC, PRO, F1 at the stored image threshold, ms per image."""
-    prepared = prepare_test(dataset.test, meta.preprocess, progress)
-    maps, scores, ms = predict(model, prepared.x, device, batch_size, progress)
-    thr = meta.normalization.image_threshold if meta.normalization else None
-    result = score_test(prepared, maps, scores, thr)
+    """PyTorch model: image AUROC, pixel AUROC, PRO, F1 at the stored image threshold, ms per image."""
+    test = load_test(dataset.test, progress)
+    x = preprocess_images(test.images, meta.preprocess)
+    maps, scores, ms = predict(model, x, device, batch_size, progress)
+    result = score_test(test, maps, scores, meta.normalization.image_threshold if meta.normalization else None)
     result.ms_per_image = ms
+    return result
+
+
+def evaluate_backend(backend: Backend, dataset: Dataset, batch_size: int = 16,
+                     progress: Callable[[int], None] | None = None) -> EvalResult:
+    """An exported model through a runtime backend (normalised outputs: threshold 0.5)."""
+    test = load_test(dataset.test, progress)
+    maps, scores, elapsed = [], [], 0.0
+    for i in range(0, len(test.images), batch_size):
+        frames = to_model_input(test.images[i:i + batch_size], backend.input_spec, backend.metadata)
+        t0 = time.perf_counter()
+        amap, score = backend.infer(frames)
+        elapsed += time.perf_counter() - t0
+        maps.append(amap[:, 0])
+        scores.append(score)
+        if progress:
+            progress(len(frames))
+    result = score_test(test, np.concatenate(maps), np.concatenate(scores), float(backend.metadata.get("threshold", 0.5)))
+    result.ms_per_image = 1000.0 * elapsed / len(test.images)
     return result

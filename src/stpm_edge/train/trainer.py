@@ -28,7 +28,7 @@ from stpm_edge.data.io import read_image_bgr
 from stpm_edge.data.mvtec import load_dataset
 from stpm_edge.data.preprocess import preprocess_images
 from stpm_edge.errors import StpmError
-from stpm_edge.eval.evaluate import predict, prepare_test, score_test
+from stpm_edge.eval.evaluate import load_test, predict, score_test
 from stpm_edge.models.backbones import get_spec
 from stpm_edge.models.checkpoint import ModelMeta, compute_normalization, save_checkpoint
 from stpm_edge.models.stpm.loss import stpm_loss, stpm_loss_per_image
@@ -149,7 +149,8 @@ def train(data: Path, output: Path, cfg: TrainConfig, *,
     images = [read_image_bgr(p) for p in dataset.train]
     x_all = preprocess_images(images, meta.preprocess)
     x_fit, x_hold = x_all[torch.from_numpy(fit_idx)], x_all[torch.from_numpy(hold_idx)]
-    prepared = prepare_test(dataset.test, meta.preprocess) if dataset.has_test else None
+    test = load_test(dataset.test) if dataset.has_test else None
+    x_test = preprocess_images(test.images, meta.preprocess) if test else None
 
     optimizer = torch.optim.SGD(model.student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
@@ -184,9 +185,9 @@ def train(data: Path, output: Path, cfg: TrainConfig, *,
                     on_step(float(loss.detach()))
             log = EpochLog(epoch, total / count, _holdout_loss(model, x_hold, device, cfg.batch_size), 0.0)
             _check_finite(log.holdout_loss, epoch)
-            if prepared is not None and cfg.val_every > 0 and epoch % cfg.val_every == 0:
-                maps, scores, _ = predict(model, prepared.x, device, cfg.batch_size)
-                res = score_test(prepared, maps, scores)
+            if test is not None and cfg.val_every > 0 and epoch % cfg.val_every == 0:
+                maps, scores, _ = predict(model, x_test, device, cfg.batch_size)
+                res = score_test(test, maps, scores)
                 log.image_auroc, log.pixel_auroc = res.image_auroc, res.pixel_auroc
             log.seconds = time.perf_counter() - t_epoch
             history.append(log)

@@ -47,23 +47,26 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
 
 class GaussianBlur(nn.Module):
     """Separable Gaussian blur as two fixed convolutions with zero padding, renormalised
-    at the borders (``blur(x) / blur(1)``), so a constant map stays constant everywhere."""
+    at the borders (``blur(x) / blur(1)``), so a constant map stays constant everywhere.
 
-    def __init__(self, sigma: float) -> None:
+    ``size`` (h, w) fixes the map size, so the border renormalisation is a constant
+    (no shape arithmetic in an exported graph)."""
+
+    def __init__(self, sigma: float, size: tuple[int, int]) -> None:
         super().__init__()
         k = gaussian_kernel1d(sigma)
         self.sigma = float(sigma)
         self.pad = (k.numel() - 1) // 2
         self.register_buffer("kx", k.view(1, 1, 1, -1), persistent=False)
         self.register_buffer("ky", k.view(1, 1, -1, 1), persistent=False)
+        self.register_buffer("inv_norm", 1.0 / self._conv(torch.ones(1, 1, *size)), persistent=False)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         x = F.conv2d(x, self.kx, padding=(0, self.pad))
         return F.conv2d(x, self.ky, padding=(self.pad, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ones = torch.ones_like(x[:1])
-        return self._conv(x) / self._conv(ones)
+        return self._conv(x) * self.inv_norm
 
 
 class AnomalyMapHead(nn.Module):
@@ -72,7 +75,7 @@ class AnomalyMapHead(nn.Module):
     def __init__(self, output_size: tuple[int, int], blur_sigma: float = 0.0) -> None:
         super().__init__()
         self.output_size = (int(output_size[0]), int(output_size[1]))
-        self.blur = GaussianBlur(blur_sigma) if blur_sigma and blur_sigma > 0 else None
+        self.blur = GaussianBlur(blur_sigma, self.output_size) if blur_sigma and blur_sigma > 0 else None
 
     def forward(self, teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
