@@ -38,6 +38,7 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes the raw pickle stream below
 def test_malicious_pickle_is_refused_and_its_payload_never_runs(tmp_path: Path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
