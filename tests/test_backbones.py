@@ -3,7 +3,6 @@ from __future__ import annotations
 import urllib.error
 
 import cv2
-import numpy as np
 import pytest
 import torch
 from skimage import data as skdata

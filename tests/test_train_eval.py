@@ -8,14 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import SMALL_TRAIN
 from stpm_edge.data.mvtec import load_dataset
 from stpm_edge.errors import StpmError
 from stpm_edge.eval.evaluate import evaluate
 from stpm_edge.models.checkpoint import load_checkpoint
-from stpm_edge.models.stpm.loss import stpm_loss
 from stpm_edge.train.trainer import TrainConfig, split_holdout, train
 
 

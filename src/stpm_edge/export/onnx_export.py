@@ -23,11 +23,11 @@ import torch
 
 from stpm_edge import __version__
 from stpm_edge.data.io import atomic_path
-from stpm_edge.errors import StpmError
+from stpm_edge.errors import StpmError, first_line
 from stpm_edge.export.graph import ExportConfig, ExportGraph, example_input
 from stpm_edge.export.trt_ops import TRT85_MAX_OPSET, unsupported_ops
 from stpm_edge.models.checkpoint import ModelMeta, file_sha256, load_checkpoint
-from stpm_edge.runtime.backends.base import INPUT_NAME, METADATA_KEY
+from stpm_edge.runtime.backends.base import INPUT_NAME, METADATA_KEY, parse_metadata
 from stpm_edge.runtime.backends.base import ANOMALY_MAP as MAP_NAME
 from stpm_edge.runtime.backends.base import SCORE as SCORE_NAME
 
@@ -151,11 +151,5 @@ def read_onnx_metadata(path: Path) -> dict:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf decode errors of many kinds
-        raise StpmError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
-    props = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in props:
-        raise StpmError(f"{path}: not an stpm-edge model (no '{METADATA_KEY}' metadata)")
-    try:
-        return json.loads(props[METADATA_KEY])
-    except json.JSONDecodeError:
-        raise StpmError(f"{path}: corrupt '{METADATA_KEY}' metadata") from None
+        raise StpmError(f"{path}: not a readable ONNX file ({first_line(exc)})") from None
+    return parse_metadata({p.key: p.value for p in model.metadata_props}, path)

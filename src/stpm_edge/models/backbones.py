@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stpm_edge.errors import StpmError
+from stpm_edge.errors import StpmError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise StpmError(f"{path}: not a loadable weights file ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+        raise StpmError(f"{path}: not a loadable weights file ({type(exc).__name__}: {first_line(exc, 160)})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):

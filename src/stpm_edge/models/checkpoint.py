@@ -27,7 +27,7 @@ import torch
 
 from stpm_edge.data.io import atomic_path
 from stpm_edge.data.preprocess import PreprocessSpec
-from stpm_edge.errors import StpmError
+from stpm_edge.errors import StpmError, first_line
 from stpm_edge.models.backbones import get_spec, resolve_layers
 from stpm_edge.models.stpm.model import STPM, STPMConfig
 
@@ -173,14 +173,13 @@ def read_checkpoint_dict(path: Path, *, allow_pickle: bool = False) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc, 160)
         if "weights only" in first.lower() or "weights_only" in first.lower():
             raise StpmError(f"{path}: refused: the file contains Python objects that a safe load does not allow "
                             f"(weights_only); only if you trust its origin, pass --trust-checkpoint") from None
-        raise StpmError(f"{path}: corrupt checkpoint ({first[:160]})") from None
+        raise StpmError(f"{path}: corrupt checkpoint ({first})") from None
     except Exception as exc:  # noqa: BLE001 - truncated zip, not a torch file, ...
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise StpmError(f"{path}: not a readable checkpoint ({first})") from None
+        raise StpmError(f"{path}: not a readable checkpoint ({first_line(exc, 160)})") from None
     if not isinstance(obj, dict):
         raise StpmError(f"{path}: not an stpm-edge checkpoint (top level is {type(obj).__name__}, expected dict)")
     return obj

@@ -18,6 +18,7 @@ backend.)
 from __future__ import annotations
 
 import abc
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,21 @@ def _choice(d: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise StpmError(f"input.{key}: expected one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def parse_metadata(props: dict[str, str], path: Any) -> dict[str, Any]:
+    """The ``stpm_edge`` metadata dict from a model's string properties (one-line StpmError)."""
+    if METADATA_KEY not in props:
+        raise StpmError(f"{path}: not an stpm-edge model (no {METADATA_KEY!r} metadata)")
+    try:
+        meta = json.loads(props[METADATA_KEY])
+    except ValueError as e:
+        raise StpmError(f"{path}: not an stpm-edge model ({METADATA_KEY!r} metadata is not JSON: {e})") from e
+    if not isinstance(meta, dict):
+        raise StpmError(f"{path}: not an stpm-edge model ({METADATA_KEY!r} metadata is not a JSON object)")
+    if "input" not in meta:
+        raise StpmError(f"{path}: not an stpm-edge model ({METADATA_KEY!r} metadata has no 'input')")
+    return meta
 
 
 @dataclass(frozen=True)

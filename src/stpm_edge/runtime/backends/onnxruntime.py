@@ -6,7 +6,6 @@ for (``tensorrt``) because it builds engines on the first run, which takes minut
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,8 +14,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from stpm_edge.errors import StpmError
-from stpm_edge.runtime.backends.base import ANOMALY_MAP, METADATA_KEY, OUTPUT_NAMES, Backend, InputSpec
+from stpm_edge.errors import StpmError, first_line
+from stpm_edge.runtime.backends.base import (ANOMALY_MAP, METADATA_KEY, OUTPUT_NAMES, Backend, InputSpec,
+                                             parse_metadata)
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +27,6 @@ REQUESTS = ("auto", "cpu", "cuda", "tensorrt")
 
 # ORT's type strings for the element types of the contract.
 _ORT_TYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def available_providers() -> list[str]:
@@ -75,18 +69,7 @@ def _why(requested: str, chosen: Sequence[str]) -> str:
 
 
 def _read_metadata(path: Path, session: ort.InferenceSession) -> dict[str, Any]:
-    props = session.get_modelmeta().custom_metadata_map
-    if METADATA_KEY not in props:
-        raise StpmError(f"{path}: not an stpm-edge model (no {METADATA_KEY!r} metadata)")
-    try:
-        meta = json.loads(props[METADATA_KEY])
-    except ValueError as e:
-        raise StpmError(f"{path}: not an stpm-edge model ({METADATA_KEY!r} metadata is not JSON: {e})") from e
-    if not isinstance(meta, dict):
-        raise StpmError(f"{path}: not an stpm-edge model ({METADATA_KEY!r} metadata is not a JSON object)")
-    if "input" not in meta:
-        raise StpmError(f"{path}: not an stpm-edge model ({METADATA_KEY!r} metadata has no 'input')")
-    return meta
+    return parse_metadata(session.get_modelmeta().custom_metadata_map, path)
 
 
 def _check_graph(path: Path, session: ort.InferenceSession, spec: InputSpec) -> None:
@@ -157,7 +140,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
         except Exception as e:  # ORT raises several pybind exception types
-            raise StpmError(f"{self.path}: not a loadable ONNX model ({_first_line(e)})") from e
+            raise StpmError(f"{self.path}: not a loadable ONNX model ({first_line(e)})") from e
 
         self.metadata: dict[str, Any] = _read_metadata(self.path, session)
         try:
@@ -180,7 +163,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             amap, score = self._session.run(list(OUTPUT_NAMES), {self.input_spec.name: frames})
         except Exception as e:
-            raise StpmError(f"{self.path}: inference failed ({_first_line(e)})") from e
+            raise StpmError(f"{self.path}: inference failed ({first_line(e)})") from e
         return amap, score
 
     def infer(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
