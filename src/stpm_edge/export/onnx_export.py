@@ -139,7 +139,7 @@ def export_onnx(checkpoint: Path, out_dir: Path, cfg: ExportConfig = ExportConfi
         onnx.save(onnx_model, tmp_onnx)
         tmp_json.write_text(json.dumps(metadata, indent=2) + "\n")
     ops = sorted({n.op_type for n in onnx_model.graph.node})
-    logger.info("exported %s (%s fusion, ops: %s)", onnx_path, cfg.fusion, ", ".join(ops))
+    logger.debug("exported %s (%s fusion, ops: %s)", onnx_path, cfg.fusion, ", ".join(ops))
     return ExportResult(onnx_path, json_path, metadata, ops, time.perf_counter() - t0)
 
 
