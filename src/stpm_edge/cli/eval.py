@@ -37,7 +37,7 @@ def eval_cmd(
     if onnx_model:
         from stpm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-        backend = OnnxRuntimeBackend(model, providers="auto" if device == "auto" else device)
+        backend = OnnxRuntimeBackend(model, providers=device)
     else:
         net, meta = load_checkpoint(model, allow_pickle=trust_checkpoint)
     dataset = load_dataset(data)

@@ -19,10 +19,10 @@ def info_cmd(
     if model.suffix.lower() == ".onnx":
         from stpm_edge.export.onnx_export import read_onnx_metadata
 
-        info = read_onnx_metadata(model) | {"file": str(model), "sha256": file_sha256(model)}
+        info = read_onnx_metadata(model)
     else:
-        meta = meta_from_dict(read_checkpoint_dict(model, allow_pickle=trust_checkpoint), str(model))
-        info = meta.to_dict() | {"file": str(model), "sha256": file_sha256(model)}
+        info = meta_from_dict(read_checkpoint_dict(model, allow_pickle=trust_checkpoint), str(model)).to_dict()
+    info |= {"file": str(model), "sha256": file_sha256(model)}
     if json_out:
         print_json(info)
         return

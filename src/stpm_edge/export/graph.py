@@ -75,10 +75,7 @@ class ExportGraph(nn.Module):
         self.trunks = build_trunks(model.teacher, model.student, cfg.fusion)
         self.head = AnomalyMapHead(meta.config.image_size, cfg.blur_sigma(meta))
         self.output_size = cfg.output_size(meta)
-        norm = meta.normalization
-        self.min_value = float(norm.min_value)
-        self.map_scale = 0.5 / (norm.pixel_threshold - norm.min_value)
-        self.score_scale = 0.5 / (norm.image_threshold - norm.min_value)
+        self.normalization = meta.normalization
         self.eval()
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +84,7 @@ class ExportGraph(nn.Module):
         amap, score = self.head(teacher, student)
         if tuple(amap.shape[-2:]) != self.output_size:
             amap = F.interpolate(amap, size=self.output_size, mode="bilinear", align_corners=False)
-        return (amap - self.min_value) * self.map_scale, (score - self.min_value) * self.score_scale
+        return self.normalization.normalize_pixel(amap), self.normalization.normalize_image(score)
 
 
 def example_input(meta: ModelMeta, cfg: ExportConfig) -> torch.Tensor:
