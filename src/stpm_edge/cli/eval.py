@@ -26,6 +26,10 @@ def eval_cmd(
     data: Path = typer.Argument(..., help="MVTec AD category folder with a test/ split (ground_truth/ for pixel metrics)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda (and tensorrt for .onnx: the ONNX Runtime TensorRT provider)."),
     batch_size: int = typer.Option(16, help="Images per forward pass."),
+    compare: list[Path] = typer.Option([], "--compare", help="Exported variants to evaluate side by side with MODEL "
+                                       "(an .onnx); deviations are against MODEL. Repeatable."),
+    variants: bool = typer.Option(False, "--variants", help="Compare MODEL (.onnx) with the precision variants beside "
+                                  "it (<name>.fp16.onnx, <name>.int8.onnx, <name>.int8.cpu.onnx)."),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint",
                                           help="Allow full unpickling of the checkpoint (only for files you trust)."),
@@ -34,6 +38,9 @@ def eval_cmd(
     """Evaluate a checkpoint: image AUROC, pixel AUROC, PRO (AUPRO to FPR 0.3) and F1 at the stored threshold."""
     setup_logging(verbose)
     onnx_model = model.suffix.lower() == ".onnx"
+    if compare or variants:
+        _compare(model, data, compare, variants, device, batch_size, json_out)
+        return
     if onnx_model:
         from stpm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -69,3 +76,30 @@ def eval_cmd(
     table.add_row("images (defective)", f"{result.n_images} ({result.n_defective})")
     table.add_row("ms / image", f"{result.ms_per_image:.1f}")
     console.print(table)
+
+
+def _compare(model: Path, data: Path, compare: list[Path], variants: bool, device: str, batch_size: int,
+             json_out: bool) -> None:
+    from stpm_edge.cli.calibrate import comparison_table
+    from stpm_edge.eval.compare import compare_models
+
+    if model.suffix.lower() != ".onnx":
+        raise StpmError(f"{model}: --compare/--variants take an exported .onnx model as the reference")
+    paths = [model, *compare]
+    if variants:
+        stem = model.with_suffix("")
+        found = [stem.with_name(f"{stem.name}.{tag}.onnx") for tag in ("fp16", "int8", "int8.cpu")]
+        found = [p for p in found if p.is_file() and p not in paths]
+        if not found and not compare:
+            raise StpmError(f"{model}: no precision variants beside it (export with --fp16 / --int8)")
+        paths += found
+    dataset = load_dataset(data)
+    n = len(dataset.test)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True, disable=json_out) as progress:
+        task = progress.add_task("evaluating", total=n * (1 + len(paths)))
+        rows = compare_models(paths, dataset, device, batch_size, progress=lambda k: progress.advance(task, k))
+    if json_out:
+        print_json({"data": str(data), "reference": str(model), "models": [r.to_dict() for r in rows]})
+        return
+    console.print(comparison_table(rows, f"side by side on {data} (deviations vs {model.name})"))

@@ -61,12 +61,15 @@ def read_mask(path: Path) -> np.ndarray:
 def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success rename it onto ``dest``.
 
+    The temporary name is hidden and keeps ``dest``'s suffix (``.model.onnx.x1y2.tmp.onnx``)
+    so tools that look at suffixes can open it before it is moved into place.
+
     On any exception (including KeyboardInterrupt) the temporary file is removed and
     ``dest`` is left as it was.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -22,7 +22,6 @@ from stpm_edge.eval import metrics
 from stpm_edge.models.checkpoint import ModelMeta
 from stpm_edge.models.stpm.model import STPM
 from stpm_edge.runtime.backends.base import Backend
-from stpm_edge.runtime.frames import to_model_input
 
 
 @dataclass
@@ -122,17 +121,10 @@ def evaluate(model: STPM, meta: ModelMeta, dataset: Dataset, device: torch.devic
 def evaluate_backend(backend: Backend, dataset: Dataset, batch_size: int = 16,
                      progress: Callable[[int], None] | None = None) -> EvalResult:
     """An exported model through a runtime backend (normalised outputs: threshold 0.5)."""
+    from stpm_edge.eval.compare import run_backend  # noqa: PLC0415 - compare imports this module
+
     test = load_test(dataset.test, progress)
-    maps, scores, elapsed = [], [], 0.0
-    for i in range(0, len(test.images), batch_size):
-        frames = to_model_input(test.images[i:i + batch_size], backend.input_spec, backend.metadata)
-        t0 = time.perf_counter()
-        amap, score = backend.infer(frames)
-        elapsed += time.perf_counter() - t0
-        maps.append(amap[:, 0])
-        scores.append(score)
-        if progress:
-            progress(len(frames))
-    result = score_test(test, np.concatenate(maps), np.concatenate(scores), float(backend.metadata.get("threshold", 0.5)))
-    result.ms_per_image = 1000.0 * elapsed / len(test.images)
+    maps, scores, ms = run_backend(backend, test, batch_size, progress)
+    result = score_test(test, maps, scores, float(backend.metadata.get("threshold", 0.5)))
+    result.ms_per_image = ms
     return result

@@ -60,6 +60,11 @@ class ExportConfig:
         return tuple(self.frame_size) if self.map_size == "frame" else tuple(meta.config.image_size)
 
 
+# ONNX node names carry the module path; every node of the fused trunks starts with this
+# (the attribute name ``trunks`` below). Precision passes (FP16, INT8) select the trunks by it.
+TRUNK_SCOPE = "/trunks/"
+
+
 class ExportGraph(nn.Module):
     """``frames`` → (``anomaly_map`` (N,1,h,w), ``score`` (N,)) in normalised units (threshold 0.5)."""
 
@@ -72,7 +77,7 @@ class ExportGraph(nn.Module):
         x0 = torch.zeros(1, 3, *meta.config.image_size)
         for trunk in (model.teacher, model.student):
             make_static(trunk, x0)  # constant "same" padding for the fixed model size
-        self.trunks = build_trunks(model.teacher, model.student, cfg.fusion)
+        self.trunks = build_trunks(model.teacher, model.student, cfg.fusion)  # named to match TRUNK_SCOPE
         self.head = AnomalyMapHead(meta.config.image_size, cfg.blur_sigma(meta))
         self.output_size = cfg.output_size(meta)
         self.normalization = meta.normalization

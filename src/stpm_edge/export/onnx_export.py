@@ -61,7 +61,7 @@ def build_metadata(meta: ModelMeta, cfg: ExportConfig, checkpoint: Path, sha256:
                 "normalization": {"mean": list(meta.mean), "std": list(meta.std), "scale": "0..1"}}
     norm = meta.normalization
     return {
-        "format": ONNX_FORMAT, "format_version": 1, "arch": meta.arch,
+        "format": ONNX_FORMAT, "format_version": 1, "arch": meta.arch, "precision": "fp32",
         "input": spec,
         "model_size": list(meta.config.image_size),
         "preprocess": {"resize": "bilinear, align_corners=False, no antialias", "mean": list(meta.mean),

@@ -1,0 +1,220 @@
+"""INT8 graphs with explicit Q/DQ, calibrated once through ONNX Runtime static quantization.
+
+Two forms are written from one calibration (same tensor ranges):
+
+* ``tensorrt`` (``model.int8.onnx``) — what TensorRT 8.5–11 consumes as explicit
+  quantization: int8 activations and weights, all zero-points 0 (symmetric), per-channel
+  weights, biases left float (ONNX Runtime's int32 bias Q/DQ breaks TensorRT's parser).
+  ONNX Runtime runs it too, but its x86 kernels only fuse part of it (symmetric int8 keeps
+  every ReLU/ReLU6 as a float op between Q/DQ pairs), so on a CPU it is barely faster
+  than FP32.
+* ``cpu`` (``model.int8.cpu.onnx``) — ONNX Runtime's recommended x86 form (uint8
+  activations with zero-points, int8 per-channel weights): ReLU/ReLU6 fold into the
+  quantized convolutions and residual additions run as ``QLinearAdd``. Not for TensorRT.
+
+Only the fused trunks are quantized (nodes under :data:`stpm_edge.export.graph.TRUNK_SCOPE`
+except the slices that split teacher from student); preprocessing and the STPM head stay
+float. ``keep_float`` leaves the first and/or last convolutions of the trunks in float, the
+usual remedy when INT8 loses accuracy.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import sys
+import logging
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from stpm_edge.calibration.reader import CalibrationFrames, OrtReader
+from stpm_edge.errors import StpmError, first_line
+from stpm_edge.export.graph import TRUNK_SCOPE
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("entropy", "minmax", "percentile")
+FORMS = ("tensorrt", "cpu")
+KEEP_FLOAT = ("first", "last")
+FORM_SUFFIX = {"tensorrt": "", "cpu": ".cpu"}  # model.int8.onnx, model.int8.cpu.onnx
+_NOT_QUANTIZED = {"Slice"}  # the teacher/student split at the trunks' border
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    method: str = "entropy"
+    keep_float: tuple[str, ...] = ()
+    percentile: float = 99.999
+
+    def validated(self) -> QuantizeOptions:
+        if self.method not in METHODS:
+            raise StpmError(f"calibration method {self.method!r}: expected one of {', '.join(METHODS)}")
+        bad = set(self.keep_float) - set(KEEP_FLOAT)
+        if bad:
+            raise StpmError(f"keep-float {', '.join(sorted(bad))}: expected any of {', '.join(KEEP_FLOAT)}")
+        if not 90.0 <= self.percentile < 100.0:
+            raise StpmError(f"percentile {self.percentile}: expected 90 <= p < 100")
+        return self
+
+
+@dataclass
+class QuantizeReport:
+    quantized_nodes: list[str]
+    float_convs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    cons: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            cons.setdefault(i, []).append(n)
+    return cons
+
+
+def edge_convs(model: onnx.ModelProto, which: str) -> list[str]:
+    """Names of the trunks' first convolution(s) or last convolution(s) feeding the head."""
+    trunk = [n for n in model.graph.node if n.name.startswith(TRUNK_SCOPE)]
+    producer = {o: n for n in trunk for o in n.output}
+    if which == "first":
+        inside = set(producer)
+        return [n.name for n in trunk if n.op_type == "Conv" and n.input and n.input[0] not in inside]
+    trunk_ids = {id(n) for n in trunk}
+    leaving = {i for n in model.graph.node if id(n) not in trunk_ids for i in n.input if i in producer}
+    found: list[str] = []
+    stack, seen = list(leaving), set()
+    while stack:  # walk back from every tensor leaving the trunks to the nearest Conv
+        t = stack.pop()
+        if t in seen or t not in producer:
+            continue
+        seen.add(t)
+        node = producer[t]
+        if node.op_type == "Conv":
+            if node.name not in found:
+                found.append(node.name)
+        else:
+            stack.extend(node.input)
+    return found
+
+
+def nodes_to_quantize(model: onnx.ModelProto, keep_float: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """(trunk nodes to quantize, convolutions kept float)."""
+    keep = [name for which in keep_float for name in edge_convs(model, which)]
+    names = [n.name for n in model.graph.node
+             if n.name.startswith(TRUNK_SCOPE) and n.op_type not in _NOT_QUANTIZED and n.name not in keep]
+    if not names:
+        raise StpmError(f"the graph has no nodes under {TRUNK_SCOPE!r}: not an stpm-edge export (re-export it)")
+    return names, keep
+
+
+def _ort_quant():
+    try:
+        from onnxruntime import quantization as q  # noqa: PLC0415
+    except ImportError as e:  # pragma: no cover - onnxruntime is a dependency
+        raise StpmError(f"INT8 quantization needs onnxruntime with its quantization tools ({e})") from None
+    return q
+
+
+def _method(q, name: str):
+    return {"entropy": q.CalibrationMethod.Entropy, "minmax": q.CalibrationMethod.MinMax,
+            "percentile": q.CalibrationMethod.Percentile}[name]
+
+
+def quantize(fp32_path: Path, frames: CalibrationFrames, outputs: dict[str, Path], options: QuantizeOptions,
+             progress: Callable[[], None] | None = None) -> QuantizeReport:
+    """Calibrate ``fp32_path`` on ``frames`` once and write each requested form.
+
+    ``outputs`` maps a form (``tensorrt`` | ``cpu``) to the path to write (the caller writes
+    atomically and adds metadata). ``progress`` is called once per calibration batch.
+    """
+    import time  # noqa: PLC0415
+
+    options = options.validated()
+    q = _ort_quant()
+    t0 = time.perf_counter()
+    model = onnx.load(str(fp32_path))
+    names, keep = nodes_to_quantize(model, options.keep_float)
+    # Biases stay float, so ONNX Runtime must not enlarge weight scales to fit int32 biases.
+    extra_common = {"QuantizeBias": False, "QDQDisableWeightAdjustForInt32Bias": True, "WeightSymmetric": True}
+    if options.method == "percentile":
+        extra_common["CalibPercentile"] = options.percentile
+    forms = {
+        "tensorrt": dict(activation_type=q.QuantType.QInt8, extra={"ActivationSymmetric": True}),
+        "cpu": dict(activation_type=q.QuantType.QUInt8, extra={"ActivationSymmetric": False}),
+    }
+    has_cache = "calibration_cache_path" in inspect.signature(q.quantize_static).parameters
+    reader = OrtReader(frames, on_batch=progress)
+    with tempfile.TemporaryDirectory(prefix="stpm-calib-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        for form, out in outputs.items():
+            if form not in forms:
+                raise StpmError(f"INT8 form {form!r}: expected one of {', '.join(FORMS)}")
+            reader.rewind()
+            kwargs = {"calibration_cache_path": str(cache)} if has_cache else {}
+            with _quiet_root_logger():
+                try:
+                    q.quantize_static(
+                        str(fp32_path), str(out), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
+                        reduce_range=False, activation_type=forms[form]["activation_type"],
+                        weight_type=q.QuantType.QInt8, nodes_to_quantize=names, calibrate_method=_method(q, options.method),
+                        extra_options=extra_common | forms[form]["extra"], **kwargs)
+                except StpmError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - ORT raises many types
+                    raise StpmError(f"INT8 quantization failed ({first_line(e)})") from e
+    return QuantizeReport(names, keep, time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs per-tensor chatter on the root logger and prints progress
+    on stdout (which must stay clean for ``--json``): keep the first for debug, send the
+    second to stderr."""
+    root = logging.getLogger()
+    level = root.level
+    if level > logging.DEBUG:
+        root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def check_tensorrt_form(model: onnx.ModelProto) -> list[str]:
+    """Why TensorRT would reject this Q/DQ graph (empty list: it is in the accepted form).
+
+    TensorRT's explicit quantization needs int8 Q/DQ with explicit zero-points that are all 0,
+    per-tensor scales for activations (per-axis only for constant weights) and no
+    DequantizeLinear of int32 biases.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    problems: list[str] = []
+    for n in model.graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if n.domain not in ("", "ai.onnx"):
+            problems.append(f"{n.name}: {n.domain} domain (TensorRT parses only standard Q/DQ)")
+        if len(n.input) < 3 or not n.input[2]:
+            problems.append(f"{n.name}: no explicit zero-point")
+            continue
+        zp = inits.get(n.input[2])
+        if zp is None:
+            problems.append(f"{n.name}: zero-point is not a constant")
+            continue
+        if zp.data_type != TensorProto.INT8:
+            kind = "int32 bias" if zp.data_type == TensorProto.INT32 else TensorProto.DataType.Name(zp.data_type)
+            problems.append(f"{n.name}: {kind} quantization (TensorRT needs int8)")
+        if np.any(numpy_helper.to_array(zp) != 0):
+            problems.append(f"{n.name}: non-zero zero-point (TensorRT needs symmetric quantization)")
+        scale = inits.get(n.input[1])
+        per_axis = scale is not None and numpy_helper.to_array(scale).size > 1
+        weight = n.op_type == "DequantizeLinear" and n.input[0] in inits
+        if per_axis and not weight:
+            problems.append(f"{n.name}: per-axis scale on an activation (TensorRT needs per-tensor)")
+    return problems

@@ -1,0 +1,127 @@
+"""``stpm-calibrate MODEL --calib DIR``: INT8 variants of an exported model, with an accuracy gate.
+
+Also the INT8 step of ``stpm-export --int8`` (:func:`int8_step`), so both verbs behave alike.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from stpm_edge.calibration.quantize import FORMS, KEEP_FLOAT, METHODS, QuantizeOptions
+from stpm_edge.calibration.reader import DEFAULT_COUNT
+from stpm_edge.cli.common import console, print_json, setup_logging, user_errors
+from stpm_edge.errors import StpmError
+
+
+# The INT8 options, shared by stpm-calibrate and stpm-export --int8.
+CALIB_METHOD = typer.Option("entropy", help=f"INT8 range estimation: {' | '.join(METHODS)}.")
+CALIB_COUNT = typer.Option(DEFAULT_COUNT, help="INT8: calibration images (a deterministic subset when there are more).")
+SEED = typer.Option(0, help="INT8: seed of the calibration subset.")
+KEEP_FLOAT_OPT = typer.Option(None, "--keep-float", help="INT8: leave convolutions float: first, last or first,last.")
+INT8_FORMS = typer.Option("tensorrt,cpu", help="INT8 files: tensorrt (<name>.int8.onnx, symmetric, for TensorRT) "
+                          "and/or cpu (<name>.int8.cpu.onnx, fast on ONNX Runtime x86, not for TensorRT).")
+VAL = typer.Option(None, help="INT8: MVTec category with a test split; compare INT8 with FP32 on it.")
+MAX_AUROC_DROP = typer.Option(None, help="INT8: refuse to write it if image or pixel AUROC drops by more than this "
+                              "many points on --val (e.g. 0.5).")
+
+
+def parse_list(text: str | None, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
+    """'a,b' → ('a', 'b'), every item checked against ``allowed``."""
+    if not text:
+        return ()
+    items = tuple(t.strip().lower() for t in text.split(",") if t.strip())
+    bad = [t for t in items if t not in allowed]
+    if bad:
+        raise StpmError(f"{option} {','.join(bad)}: expected any of {', '.join(allowed)}")
+    return items
+
+
+def comparison_table(rows: list, title: str) -> Table:
+    table = Table(title=title, caption="image/pixel: AUROC; Δ: max abs deviation from the first row "
+                  "(normalised units, 0.5 = threshold); ms per image")
+    table.add_column("model", no_wrap=True)
+    for col in ("prec", "image", "pixel", "PRO", "Δmap", "Δscore", "ms"):
+        table.add_column(col, justify="left" if col == "prec" else "right", no_wrap=True)
+    f = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    for r in rows:
+        table.add_row(Path(r.model).name, r.precision, f(r.image_auroc), f(r.pixel_auroc), f(r.pro),
+                      f"{r.max_abs_map_diff:.3f}", f"{r.max_abs_score_diff:.3f}", f"{r.ms_per_image:.0f}")
+    return table
+
+
+def int8_step(fp32_path: Path, calib: Optional[Path], *, count: int, seed: int, method: str, keep_float: str | None,
+              forms: str, val: Optional[Path], max_drop: Optional[float], device: str, quiet: bool) -> dict:
+    """Calibrate, gate (with ``val``) and write the INT8 files; returns a JSON-able summary."""
+    from stpm_edge.calibration.reader import CalibrationFrames  # noqa: PLC0415
+    from stpm_edge.data.mvtec import load_dataset  # noqa: PLC0415
+    from stpm_edge.export.variants import validator, write_int8  # noqa: PLC0415
+
+    if calib is None:
+        raise StpmError("INT8 needs calibration images: pass --calib DIR (a folder of good images, "
+                        "or an MVTec category folder whose train/good is used)")
+    if max_drop is not None and val is None:
+        raise StpmError("--max-auroc-drop needs --val DIR (an MVTec category folder with a test split)")
+    if max_drop is not None and max_drop < 0:
+        raise StpmError(f"--max-auroc-drop {max_drop}: expected >= 0 (AUROC points)")
+    options = QuantizeOptions(method, parse_list(keep_float, KEEP_FLOAT, "--keep-float")).validated()
+    form_list = parse_list(forms, FORMS, "--int8-forms") or FORMS
+    dataset = load_dataset(val) if val is not None else None
+    frames = CalibrationFrames.for_model(fp32_path, calib, count=count, seed=seed)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=quiet) as progress:
+        task = progress.add_task(f"calibrating ({method}, {len(frames.paths)} images)", total=len(frames) * len(form_list))
+        check = None
+        if dataset is not None:
+            vtask = progress.add_task("validating INT8", total=None)
+            check = validator(dataset, max_drop if max_drop is not None else float("inf"), device,
+                              progress=lambda k: progress.advance(vtask, k))
+        result = write_int8(fp32_path, frames, options, form_list, validate=check,
+                            progress=lambda: progress.advance(task))
+    summary = {
+        "int8": {form: str(f.onnx_path) for form, f in result.files.items()},
+        "method": method, "calib_images": result.calib_images, "quantized_nodes": result.quantized_nodes,
+        "float_convs": result.float_convs, "seconds": round(result.seconds, 1),
+    }
+    if result.comparison:
+        summary["comparison"] = [r.to_dict() for r in result.comparison]
+        summary["gate"] = {"passed": result.verdict.passed, "message": result.verdict.message,
+                           "max_auroc_drop": max_drop}
+    if not quiet:
+        for form, f in result.files.items():
+            console.print(f"wrote {f.onnx_path} ({form} form) and {f.json_path.name}", highlight=False)
+        console.print(f"calibrated {result.quantized_nodes} trunk nodes on {result.calib_images} images "
+                      f"({method}) in {result.seconds:.1f} s", highlight=False)
+        if result.comparison:
+            console.print(comparison_table(result.comparison, f"INT8 vs FP32 on {val}"))
+            if max_drop is not None:
+                console.print(result.verdict.message, highlight=False)
+    return summary
+
+
+@user_errors("stpm-calibrate")
+def calibrate_cmd(
+    model: Path = typer.Argument(..., help="The exported FP32 model.onnx (from stpm-export)."),
+    calib: Path = typer.Option(..., "--calib", help="Folder of good images (or an MVTec category: its train/good)."),
+    calib_method: str = CALIB_METHOD,
+    calib_count: int = CALIB_COUNT,
+    seed: int = SEED,
+    keep_float: Optional[str] = KEEP_FLOAT_OPT,
+    int8_forms: str = INT8_FORMS,
+    val: Optional[Path] = VAL,
+    max_auroc_drop: Optional[float] = MAX_AUROC_DROP,
+    device: str = typer.Option("cpu", help="Backend for --val: cpu | cuda | auto."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Calibrate INT8: model.int8.onnx (TensorRT Q/DQ form) and model.int8.cpu.onnx beside MODEL."""
+    setup_logging(verbose)
+    if model.suffix.lower() != ".onnx":
+        raise StpmError(f"{model}: expected the exported model.onnx (run stpm-export first, or use stpm-export --int8)")
+    summary = int8_step(model, calib, count=calib_count, seed=seed, method=calib_method, keep_float=keep_float,
+                        forms=int8_forms, val=val, max_drop=max_auroc_drop, device=device, quiet=json_out)
+    if json_out:
+        print_json(summary)

@@ -1,0 +1,160 @@
+"""Write the FP16 and INT8 variants of an exported ``model.onnx`` beside it, atomically.
+
+* ``model.fp16.onnx`` (+ ``model.fp16.json``): trunks in FP16, head FP32
+  (:func:`stpm_edge.export.precision.to_fp16`).
+* ``model.int8.onnx`` (TensorRT form) and ``model.int8.cpu.onnx`` (ONNX Runtime x86 form),
+  from one calibration (:mod:`stpm_edge.calibration.quantize`). With a validation set and a
+  budget, the INT8 files are evaluated *before* they are moved into place and are not
+  written at all when INT8 loses more AUROC than allowed.
+
+Each variant carries the FP32 model's ``stpm_edge`` metadata plus ``precision`` and, for
+INT8, how it was calibrated.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from stpm_edge.calibration.quantize import FORM_SUFFIX, FORMS, QuantizeOptions, check_tensorrt_form, quantize
+from stpm_edge.calibration.reader import CalibrationFrames
+from stpm_edge.data.io import atomic_path
+from stpm_edge.errors import StpmError
+from stpm_edge.eval.compare import GateVerdict, VariantResult, compare_backends, gate
+from stpm_edge.export.precision import precision_of, to_fp16
+from stpm_edge.runtime.backends.base import METADATA_KEY, parse_metadata
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VariantFiles:
+    onnx_path: Path
+    json_path: Path
+    metadata: dict
+
+
+@dataclass
+class Int8Result:
+    files: dict[str, VariantFiles]  # by form
+    quantized_nodes: int
+    float_convs: list[str]
+    calib_images: int
+    seconds: float
+    comparison: list[VariantResult] = field(default_factory=list)
+    verdict: GateVerdict | None = None
+
+
+def _load_fp32(path: Path) -> tuple[onnx.ModelProto, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise StpmError(f"{path}: no such model file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001 - protobuf errors of many kinds
+        raise StpmError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+    meta = parse_metadata({p.key: p.value for p in model.metadata_props}, path)
+    if meta.get("precision", "fp32") != "fp32" or precision_of(model) != "fp32":
+        raise StpmError(f"{path}: is already a {meta.get('precision', precision_of(model))} model; "
+                        f"make precision variants from the FP32 model.onnx")
+    return model, meta
+
+
+def variant_paths(fp32_path: Path, tag: str) -> tuple[Path, Path]:
+    """``dir/model.onnx`` + ``fp16`` → ``dir/model.fp16.onnx``, ``dir/model.fp16.json``."""
+    stem = Path(fp32_path).with_suffix("")
+    return stem.with_name(f"{stem.name}.{tag}.onnx"), stem.with_name(f"{stem.name}.{tag}.json")
+
+
+def _save(model: onnx.ModelProto, meta: dict, onnx_tmp: Path, json_tmp: Path) -> None:
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
+    onnx.save(model, str(onnx_tmp))
+    json_tmp.write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def write_fp16(fp32_path: Path) -> VariantFiles:
+    """``model.fp16.onnx`` + sidecar beside the FP32 ``model.onnx``."""
+    model, meta = _load_fp32(fp32_path)
+    half = to_fp16(model)
+    meta = meta | {"precision": "fp16",
+                   "fp16": {"scope": "teacher and student trunks", "fp32": "preprocessing, STPM head, I/O"}}
+    onnx_path, json_path = variant_paths(fp32_path, "fp16")
+    with atomic_path(onnx_path) as t_onnx, atomic_path(json_path) as t_json:
+        _save(half, meta, t_onnx, t_json)
+    return VariantFiles(onnx_path, json_path, meta)
+
+
+def write_int8(fp32_path: Path, frames: CalibrationFrames, options: QuantizeOptions = QuantizeOptions(),
+               forms: tuple[str, ...] = FORMS, *, validate: Callable[[dict[str, Path]], tuple[list[VariantResult], GateVerdict]]
+               | None = None, progress: Callable[[], None] | None = None) -> Int8Result:
+    """Calibrate and write the INT8 forms beside ``fp32_path``.
+
+    ``validate`` (optional) receives the temporary paths of the finished files (FP32 first)
+    and returns the comparison and the gate verdict; a failed verdict raises StpmError with
+    its explanation and nothing is written.
+    """
+    t0 = time.perf_counter()
+    _, meta = _load_fp32(fp32_path)
+    forms = tuple(dict.fromkeys(forms))
+    bad = set(forms) - set(FORMS)
+    if bad or not forms:
+        raise StpmError(f"INT8 forms {', '.join(sorted(bad)) or '(none)'}: expected any of {', '.join(FORMS)}")
+    targets = {form: variant_paths(fp32_path, "int8" + FORM_SUFFIX[form]) for form in forms}
+    with contextlib.ExitStack() as stack:
+        tmp = {form: (stack.enter_context(atomic_path(o)), stack.enter_context(atomic_path(j)))
+               for form, (o, j) in targets.items()}
+        report = quantize(Path(fp32_path), frames, {f: t[0] for f, t in tmp.items()}, options, progress)
+        files: dict[str, VariantFiles] = {}
+        for form, (t_onnx, t_json) in tmp.items():
+            q = onnx.load(str(t_onnx))
+            if form == "tensorrt":
+                problems = check_tensorrt_form(q)
+                if problems:
+                    raise StpmError(f"internal: the INT8 graph is not in TensorRT's form ({problems[0]})")
+            m = meta | {"precision": "int8", "int8": {
+                "form": form, "method": options.method, "images": len(frames.paths), "seed": frames.seed,
+                "calib_folder": str(frames.folder), "keep_float": report.float_convs,
+                "quantized_nodes": len(report.quantized_nodes),
+                "target": "TensorRT explicit quantization (symmetric int8)" if form == "tensorrt"
+                else "ONNX Runtime x86 CPU (uint8 activations, not for TensorRT)"}}
+            _save(q, m, t_onnx, t_json)
+            files[form] = VariantFiles(targets[form][0], targets[form][1], m)
+        result = Int8Result(files, len(report.quantized_nodes), report.float_convs, len(frames.paths),
+                            time.perf_counter() - t0)
+        if validate is not None:
+            result.comparison, result.verdict = validate({"fp32": Path(fp32_path)} | {f: t[0] for f, t in tmp.items()})
+            if not result.verdict.passed:
+                raise StpmError(result.verdict.message)
+    return result
+
+
+def validator(dataset, max_drop_pt: float, device: str = "cpu", batch_size: int = 16,
+              progress: Callable[[int], None] | None = None
+              ) -> Callable[[dict[str, Path]], tuple[list[VariantResult], GateVerdict]]:
+    """A ``validate`` callback for :func:`write_int8`: compare on ``dataset``; gate the worst form."""
+    from stpm_edge.eval.evaluate import load_test  # noqa: PLC0415
+    from stpm_edge.runtime.backends.select import open_backend  # noqa: PLC0415
+
+    if not dataset.has_test:
+        raise StpmError(f"{dataset.root}: --val needs a test split with good and defective images")
+
+    def run(paths: dict[str, Path]) -> tuple[list[VariantResult], GateVerdict]:
+        test = load_test(dataset.test, progress)
+        backends = [open_backend(p, device) for p in paths.values()]
+        try:
+            results = compare_backends(backends, list(paths), test, batch_size, progress)
+        finally:
+            for b in backends:
+                b.close()
+        verdicts = [gate(results[0], r, max_drop_pt) for r in results[1:]]
+        worst = min(verdicts, key=lambda v: (v.passed, -max(v.image_drop_pt, v.pixel_drop_pt or -1e9)))
+        return results, worst
+
+    return run

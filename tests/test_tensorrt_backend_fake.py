@@ -1,0 +1,302 @@
+"""TensorRTBackend's plumbing against a FAKE ``tensorrt`` runtime and a fake CUDA (host memory
+standing in for device memory): the name-based I/O calls, buffer sizes, partial copies for
+smaller batches, chunking above the profile's max batch, CUDA-graph capture/replay, the
+sidecar checks that run before deserialization, and cleanup.
+
+Not a TensorRT result: the fake "engine" computes the tiny stand-in model of ``_trt_models``
+in numpy. Real engines are exercised by ``test_tensorrt_gpu.py`` (marked ``tensorrt``).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import types
+
+import numpy as np
+import pytest
+from _trt_models import reference, write_engine, write_onnx
+
+from stpm_edge.errors import StpmError
+from stpm_edge.runtime.backends.engine_meta import GpuInfo, sidecar_path
+from stpm_edge.runtime.backends.tensorrt import TensorRTBackend
+
+ENGINE_BYTES = b"fake plan"
+
+
+class _Val:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class FakeDevice:
+    """cuda-python stand-in: 'device' memory is host bytearrays keyed by fake pointers."""
+
+    name = "fake-cuda"
+    supports_graphs = True
+
+    def __init__(self) -> None:
+        self.mem: dict[int, bytearray] = {}
+        self.next_ptr = 0x1000
+        self.pinned = 0
+        self.capturing: list | None = None
+        self.graph_launches = 0
+        self.streams = 0
+
+    def device_info(self, index=0):
+        return GpuInfo("Orin", "8.7", index)
+
+    def activate(self):
+        return contextlib.nullcontext()
+
+    def malloc(self, nbytes):
+        ptr, self.next_ptr = self.next_ptr, self.next_ptr + nbytes + 256
+        self.mem[ptr] = bytearray(nbytes)
+        return ptr
+
+    def free(self, ptr):
+        del self.mem[ptr]
+
+    def pinned_empty(self, shape, dtype):
+        self.pinned += 1
+        return np.zeros(shape, dtype)
+
+    def pinned_free(self, arr):
+        self.pinned -= 1
+
+    def stream_create(self):
+        self.streams += 1
+        return object()
+
+    def stream_handle(self, stream):
+        return 42
+
+    def stream_destroy(self, stream):
+        self.streams -= 1
+
+    def htod_async(self, dst, src, stream):
+        assert src.flags.c_contiguous
+        self.mem[dst][: src.nbytes] = src.tobytes()
+
+    def dtoh_async(self, dst, src, stream):
+        dst.reshape(-1).view(np.uint8)[:] = np.frombuffer(bytes(self.mem[src][: dst.nbytes]), np.uint8)
+
+    def synchronize(self, stream):
+        pass
+
+    def capture_begin(self, stream):
+        self.capturing = []
+
+    def capture_end(self, stream):
+        graph, self.capturing = self.capturing, None
+        return graph
+
+    def graph_launch(self, graph, stream):
+        self.graph_launches += 1
+        for fn in graph:
+            fn()
+
+    def graph_destroy(self, graph):
+        pass
+
+
+def fake_runtime(device: FakeDevice, version="10.3.0", batch=None, max_batch=4, in_dtype="UINT8"):
+    """A ``tensorrt``-shaped module whose engine runs the tiny model on the fake device memory."""
+    calls: list[tuple] = []
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.calls = calls
+    trt.TensorIOMode = types.SimpleNamespace(INPUT=_Val("INPUT"), OUTPUT=_Val("OUTPUT"))
+
+    class ILogger:
+        def __init__(self):
+            pass
+
+    trt.ILogger = ILogger
+    b = -1 if batch is None else batch
+    shapes = {"frames": (b, 8, 8, 3), "anomaly_map": (b, 1, 8, 8), "score": (b,)}
+
+    class Context:
+        def __init__(self):
+            self.n = batch or 1
+            self.addr = {}
+
+        def set_input_shape(self, name, shape):
+            calls.append(("set_input_shape", tuple(shape)))
+            if not 1 <= shape[0] <= max_batch:
+                return False
+            self.n = shape[0]
+            return True
+
+        def get_tensor_shape(self, name):
+            return (self.n,) + tuple(shapes[name][1:])
+
+        def set_tensor_address(self, name, ptr):
+            calls.append(("set_tensor_address", name))
+            self.addr[name] = ptr
+
+        def _compute(self):
+            n = self.n
+            raw = bytes(device.mem[self.addr["frames"]][: n * 8 * 8 * 3])
+            frames = np.frombuffer(raw, np.uint8).reshape(n, 8, 8, 3)
+            amap, score = reference(frames)
+            device.mem[self.addr["anomaly_map"]][: amap.nbytes] = amap.astype(np.float32).tobytes()
+            device.mem[self.addr["score"]][: score.nbytes] = score.astype(np.float32).tobytes()
+
+        def execute_async_v3(self, stream_handle):
+            calls.append(("execute_async_v3", stream_handle, device.capturing is not None))
+            if device.capturing is not None:
+                device.capturing.append(self._compute)
+            else:
+                self._compute()
+            return True
+
+    class Engine:
+        num_io_tensors = 3
+        names = ("frames", "anomaly_map", "score")
+
+        def get_tensor_name(self, i):
+            return self.names[i]
+
+        def get_tensor_mode(self, name):
+            return trt.TensorIOMode.INPUT if name == "frames" else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name):
+            return _Val(in_dtype if name == "frames" else "FLOAT")
+
+        def get_tensor_shape(self, name):
+            return shapes[name]
+
+        def get_tensor_profile_shape(self, name, profile):
+            return [(1, 8, 8, 3), (max_batch, 8, 8, 3), (max_batch, 8, 8, 3)]
+
+        def create_execution_context(self):
+            calls.append(("create_execution_context",))
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger):
+            calls.append(("Runtime",))
+
+        def deserialize_cuda_engine(self, data):
+            calls.append(("deserialize_cuda_engine", bytes(data)))
+            return Engine() if bytes(data) == ENGINE_BYTES else None
+
+    trt.Runtime = Runtime
+    return trt
+
+
+@pytest.fixture
+def setup(monkeypatch, tmp_path):
+    device = FakeDevice()
+    monkeypatch.setattr("stpm_edge.runtime.backends.cuda.load_cuda", lambda device_index=0: device)
+
+    def make(batch=None, version="10.3.0", built_with="10.3.0", **kw):
+        trt = fake_runtime(device, version=version, batch=batch, **kw)
+        monkeypatch.setattr("stpm_edge.runtime.backends.tensorrt.import_tensorrt", lambda: trt)
+        eng = write_engine(tmp_path / "model.fp32.engine", trt=built_with, precision="fp32", batch=batch,
+                           data=ENGINE_BYTES)
+        return eng, trt
+
+    return device, make
+
+
+def _frames(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+
+
+def test_dynamic_batch_partial_copies_and_chunks(setup):
+    device, make = setup
+    eng, trt = make(batch=None)
+    with TensorRTBackend(eng) as backend:
+        assert backend.describe() == "tensorrt 10.3.0 (Orin)"
+        names = [c[1] for c in trt.calls if c[0] == "set_tensor_address"]
+        assert names == ["frames", "anomaly_map", "score"]
+        for n in (1, 3, 6):  # 6 > max batch 4: runs as 4 + 2
+            frames = _frames(n, seed=n)
+            amap, score = backend.infer(frames)
+            ref_map, ref_score = reference(frames)
+            assert amap.shape == (n, 1, 8, 8) and score.shape == (n,) and amap.dtype == np.float32
+            assert np.abs(amap - ref_map).max() < 1e-6 and np.abs(score - ref_score).max() < 1e-6
+        shapes = [c[1][0] for c in trt.calls if c[0] == "set_input_shape"]
+        assert shapes == [4, 1, 3, 4, 2]  # allocation at the max, then only when the batch changes
+    assert device.mem == {} and device.pinned == 0 and device.streams == 0
+
+
+def test_fixed_batch_runs_frame_by_frame(setup):
+    device, make = setup
+    eng, trt = make(batch=1)
+    with TensorRTBackend(eng) as backend:
+        frames = _frames(3)
+        amap, score = backend.infer(frames)
+    assert np.abs(amap - reference(frames)[0]).max() < 1e-6
+    assert not any(c[0] == "set_input_shape" for c in trt.calls)
+    assert sum(c[0] == "execute_async_v3" for c in trt.calls) == 3
+
+
+def test_cuda_graph_captures_once_per_batch_size(setup):
+    device, make = setup
+    eng, trt = make(batch=None)
+    with TensorRTBackend(eng, cuda_graph=True) as backend:
+        for n in (2, 2, 3, 2):
+            frames = _frames(n, seed=n)
+            amap, _ = backend.infer(frames)
+            assert np.abs(amap - reference(frames)[0]).max() < 1e-6
+        assert "CUDA graph" in backend.describe()
+    runs = [c[2] for c in trt.calls if c[0] == "execute_async_v3"]
+    assert runs == [False, True, False, True]  # per new batch size: one plain run, then the capture
+    assert device.graph_launches == 4
+
+
+def test_refusals_before_deserialization(setup, tmp_path):
+    device, make = setup
+    eng, trt = make(version="10.7.0", built_with="10.3.0")
+    with pytest.raises(StpmError, match=r"built with TensorRT 10.3.0 but this machine has TensorRT 10.7.0; "
+                                        r"rebuild it on this machine: stpm-export model.pt$"):
+        TensorRTBackend(eng)
+    assert not any(c[0] == "deserialize_cuda_engine" for c in trt.calls)
+    eng, trt = make()
+    eng.write_bytes(b"another plan")
+    with pytest.raises(StpmError, match="does not match its sidecar"):
+        TensorRTBackend(eng)
+    side = json.loads(sidecar_path(eng).read_text())
+    side["engine"]["sha256"] = hashlib.sha256(b"another plan").hexdigest()
+    sidecar_path(eng).write_text(json.dumps(side))
+    with pytest.raises(StpmError, match="could not load the engine.*stpm-export"):
+        TensorRTBackend(eng)
+
+
+def test_engine_io_must_match_the_sidecar(setup):
+    device, make = setup
+    eng, trt = make(batch=None, in_dtype="FLOAT")
+    with pytest.raises(StpmError, match="engine input 'frames' is FLOAT, the sidecar says uint8"):
+        TensorRTBackend(eng)
+
+
+def test_infer_checks_frames_and_closed_state(setup):
+    device, make = setup
+    eng, trt = make(batch=None)
+    backend = TensorRTBackend(eng)
+    with pytest.raises(StpmError, match=r"frames: expected uint8 \(N, 8, 8, 3\)"):
+        backend.infer(np.zeros((1, 8, 8, 3), np.float32))
+    backend.close()
+    backend.close()
+    assert backend.describe() == "tensorrt (closed)"
+    with pytest.raises(StpmError, match="closed"):
+        backend.infer(_frames(1))
+
+
+def test_auto_selection_opens_the_engine_when_tensorrt_fits(setup, monkeypatch, tmp_path):
+    from stpm_edge.runtime.backends import select
+
+    device, make = setup
+    onnx_path = write_onnx(tmp_path / "model.onnx", batch=None)
+    eng, trt = make(batch=None)
+    side = json.loads(sidecar_path(eng).read_text())
+    side["engine"]["source"] = {"file": "model.onnx", "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest()}
+    sidecar_path(eng).write_text(json.dumps(side))
+    monkeypatch.setattr(select, "probe_tensorrt", lambda device=0: select.TrtEnv("10.3.0", GpuInfo("Orin", "8.7")))
+    with select.open_backend(onnx_path, "auto") as backend:
+        assert backend.name == "tensorrt"
+        amap, _ = backend.infer(_frames(2))
+    assert amap.shape == (2, 1, 8, 8)
