@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The demo of what exists so far: sample data from a real photograph → train → evaluate →
-# export one fused ONNX graph → evaluate it through ONNX Runtime.
-# Runs offline on a CPU in about five minutes. Usage: bash samples/demo.sh [OUT_DIR] [CATEGORY]
+# The long tour: sample data from a real photograph → train → evaluate → export the fused
+# ONNX graph with FP16 and INT8 variants (INT8 gated on accuracy) → evaluate them side by
+# side through ONNX Runtime → stream the test images through stpm-run.
+# Runs offline on a CPU in about six minutes. Usage: bash samples/demo.sh [OUT_DIR] [CATEGORY]
 set -euo pipefail
 out="${1:-demo}"
 category="${2:-brick}"
@@ -12,5 +13,8 @@ fi
 stpm-train "$out/$category" -o "$out/$category.pt"
 stpm-eval "$out/$category.pt" "$out/$category"
 stpm info "$out/$category.pt"
-stpm-export "$out/$category.pt" -o "$out/$category-onnx" --dynamic-batch
-stpm-eval "$out/$category-onnx/model.onnx" "$out/$category"
+stpm-export "$out/$category.pt" -o "$out/$category-onnx" --fp16 --int8 --calib "$out/$category" \
+  --val "$out/$category" --max-auroc-drop 0.5
+stpm-eval "$out/$category-onnx/model.onnx" "$out/$category" --variants
+stpm-run "$out/$category-onnx/model.onnx" -s "$out/$category/test/*/*.png" --headless \
+  --events "$out/$category-events.jsonl" -o "$out/$category-overlay"
