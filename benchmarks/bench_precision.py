@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +35,14 @@ from stpm_edge.export.onnx_export import export_onnx  # noqa: E402
 from stpm_edge.export.variants import write_fp16, write_int8  # noqa: E402
 
 
-def variants(checkpoint: Path, data: Path, out: Path, method: str, count: int) -> dict[str, Path]:
+def variants(checkpoint: Path, data: Path, out: Path, method: str, count: int) -> tuple[dict[str, Path], int]:
     fp32 = export_onnx(checkpoint, out, ExportConfig()).onnx_path
     files = {"fp32": fp32, "fp16": write_fp16(fp32).onnx_path}
     frames = CalibrationFrames.for_model(fp32, data, count=count, seed=0)
     res = write_int8(fp32, frames, QuantizeOptions(method))
     files["int8 (tensorrt form)"] = res.files["tensorrt"].onnx_path
     files["int8 (cpu form)"] = res.files["cpu"].onnx_path
-    return files
+    return files, res.calib_images
 
 
 def latencies(files: dict[str, Path], rounds: int, per_round: int) -> dict[str, float]:
@@ -58,6 +60,16 @@ def latencies(files: dict[str, Path], rounds: int, per_round: int) -> dict[str, 
     return {k: float(np.median(v)) for k, v in samples.items()}
 
 
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path)
@@ -73,7 +85,7 @@ def main() -> None:
         ap.error("give exactly one of --checkpoint or --timing-only")
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or make_checkpoint(args.timing_only, 256, Path(tmp) / "m.pt")
-        files = variants(ckpt, args.data, Path(tmp) / "export", args.method, args.count)
+        files, calib_images = variants(ckpt, args.data, Path(tmp) / "export", args.method, args.count)
         lat = latencies(files, args.rounds, args.per_round)
         rows = {k: {"ms_b1": round(v, 2), "speedup_vs_fp32": round(lat["fp32"] / v, 2)} for k, v in lat.items()}
         if args.checkpoint:
@@ -81,8 +93,8 @@ def main() -> None:
                 rows[k] |= {"image_auroc": round(r.image_auroc, 4), "pixel_auroc": round(r.pixel_auroc, 4),
                             "pro": round(r.pro, 4), "max_abs_map_diff": round(r.max_abs_map_diff, 4)}
     result = {"model": str(args.checkpoint or f"{args.timing_only} (random init, timing only)"),
-              "data": str(args.data), "method": args.method, "calib_images": args.count,
-              "machine": platform.processor() or platform.machine(), "onnxruntime": ort.__version__, "rows": rows}
+              "data": str(args.data), "method": args.method, "calib_images": calib_images,
+              "machine": _cpu(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "onnxruntime": ort.__version__, "rows": rows}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

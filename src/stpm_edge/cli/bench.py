@@ -1,0 +1,114 @@
+"""``stpm-bench MODEL``: speed of every backend × precision × batch of one model, side by side with
+the PyTorch eager reference of the same checkpoint, in one run (see :mod:`stpm_edge.bench`)."""
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from stpm_edge.bench.plan import BACKENDS, DEVICES, PRECISIONS
+from stpm_edge.cli.common import console, print_json, setup_logging, user_errors
+from stpm_edge.errors import StpmError
+
+
+def parse_choices(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
+    """'a,b' → ('a', 'b'), each checked against ``allowed`` (order kept, duplicates dropped)."""
+    items = tuple(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise StpmError(f"{option} {text!r}: expected a comma-separated list of {', '.join(allowed)}")
+    return items
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        items = tuple(dict.fromkeys(int(t) for t in text.split(",") if t.strip()))
+    except ValueError:
+        raise StpmError(f"--batch {text!r}: expected comma-separated positive integers, e.g. 1,4") from None
+    if not items or any(b < 1 for b in items):
+        raise StpmError(f"--batch {text!r}: expected comma-separated positive integers, e.g. 1,4")
+    return items
+
+
+@user_errors("stpm-bench")
+def bench_cmd(
+    model: Path = typer.Argument(..., help="An exported model.onnx (its variants and engines are found beside it by "
+                                 "name) or a model.pt checkpoint (exported into a temporary folder first)."),
+    backends: str = typer.Option(",".join(BACKENDS), help="Comma-separated: torch (the PyTorch eager reference), "
+                                 "onnxruntime, tensorrt."),
+    precisions: str = typer.Option(",".join(PRECISIONS), help="Comma-separated: fp32, fp16, int8 (INT8: both ONNX "
+                                   "forms, model.int8.onnx for TensorRT and model.int8.cpu.onnx for ORT x86)."),
+    batch: str = typer.Option("1", "--batch", help="Comma-separated batch sizes, e.g. 1,4."),
+    device: str = typer.Option("auto", help="auto (cuda when PyTorch sees a GPU, else cpu), cpu, cuda or cpu,cuda."),
+    warmup: int = typer.Option(10, help="Untimed calls before each row."),
+    iters: int = typer.Option(50, help="Timed calls per row."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch, ONNX Runtime and the peak "
+                                          "measurement (default: all usable CPUs)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint of the PyTorch reference (default: the file "
+                                              "named in the model's metadata, beside it)."),
+    calib: Optional[Path] = typer.Option(None, help="MODEL.pt only: calibration images to make the INT8 variants."),
+    calib_count: Optional[int] = typer.Option(None, help="MODEL.pt only: number of calibration images."),
+    work_dir: Optional[Path] = typer.Option(None, help="MODEL.pt only: keep the exported files here."),
+    cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs", help="On CUDA, also time PyTorch and "
+                                     "TensorRT replayed from CUDA graphs."),
+    isolate: bool = typer.Option(False, "--isolate", help="Run each backend in a fresh process: its peak RSS is "
+                                 "then its own, untouched by earlier rows (about 3 s more per backend)."),
+    peak: bool = typer.Option(True, "--peak/--no-peak", help="Measure the matrix-multiply peak (a few seconds)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the report as markdown on stdout."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Benchmark MODEL: latency p50/p90/p99, frames/s, peak RSS, speed against PyTorch eager, GFLOP/s against
+    the machine's measured matmul peak — for every backend × precision × batch available; the others are listed
+    with the reason. Progress goes to stderr; the table (or --json / --markdown) to stdout."""
+    setup_logging(verbose)
+    if not verbose:  # one INFO line per opened backend is noise here; the table says what ran
+        logging.getLogger("stpm_edge.runtime").setLevel(logging.WARNING)
+    from stpm_edge.bench import report as fmt  # noqa: PLC0415
+    from stpm_edge.bench.runner import BenchConfig, run_bench  # noqa: PLC0415
+
+    if json_out and markdown:
+        raise StpmError("--json and --markdown: choose one")
+    if model.suffix.lower() == ".onnx" and (calib is not None or work_dir is not None or calib_count is not None):
+        raise StpmError("--calib, --calib-count and --work-dir apply when MODEL is a checkpoint (.pt)")
+    devices = tuple(d for d in parse_choices(device, ("auto", *DEVICES), "--device"))
+    cfg = BenchConfig(model, checkpoint, parse_choices(backends, BACKENDS, "--backends"),
+                      parse_choices(precisions, PRECISIONS, "--precisions"), parse_batches(batch), devices,
+                      warmup, iters, threads, cuda_graphs, calib, calib_count, peak, isolate, work_dir)
+    cfg.validated()
+    if console.is_terminal:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task("starting", total=None)
+
+            def status(text: str, done: int, total: int) -> None:
+                progress.update(task, description=text, completed=done, total=total or None)
+
+            result = run_bench(cfg, status)
+    else:
+        def status(text: str, done: int, total: int) -> None:
+            print(f"stpm-bench: [{done}/{total}] {text}" if total else f"stpm-bench: {text}", file=sys.stderr,
+                  flush=True)
+
+        result = run_bench(cfg, status)
+    result["command"] = "stpm-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    for w in result["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if json_out:
+        print_json(result)
+        return
+    if markdown:
+        sys.stdout.write(fmt.markdown(result))
+        return
+    out = Console() if sys.stdout.isatty() else Console(width=200)  # no wrapping when redirected to a file
+    for part in fmt.rich_tables(result):
+        out.print(part)
+    out.print(f"model: {fmt.model_line(result)}", highlight=False)
+    out.print(fmt.peaks_line(result), highlight=False)
+    out.print(f"machine: {fmt.machine_line(result)}", highlight=False)
