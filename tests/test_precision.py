@@ -39,7 +39,10 @@ def exported(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 @pytest.fixture(scope="module")
 def int8_files(exported: Path, brick_data: Path) -> dict:
     frames = CalibrationFrames.for_model(exported, brick_data, count=16, seed=0)
-    res = write_int8(exported, frames, QuantizeOptions("minmax"))
+    # Percentile, not minmax: on this tiny, barely trained model minmax ranges are set by a few
+    # outliers, which costs the symmetric TensorRT form 8 pt of pixel AUROC (measured); the
+    # percentile clip is the usual remedy and what the bound below is about.
+    res = write_int8(exported, frames, QuantizeOptions("percentile"))
     return {form: f.onnx_path for form, f in res.files.items()}
 
 
@@ -122,7 +125,7 @@ def test_int8_tensorrt_form_and_cpu_form(int8_files: dict, exported: Path) -> No
 
 
 def test_int8_accuracy_on_sample_data(int8_files: dict, exported: Path, brick_data: Path) -> None:
-    """A loose bound: the test model is tiny (3 epochs at 96 px, 14 test images, minmax on 16
+    """A loose bound: the test model is tiny (3 epochs at 96 px, 14 test images, percentile on 16
     images). The 0.5 pt acceptance is measured on the default model (BENCHMARKS.md)."""
     rows = compare_models([exported, int8_files["tensorrt"], int8_files["cpu"]], load_dataset(brick_data))
     ref = rows[0]
