@@ -300,3 +300,96 @@ def test_auto_selection_opens_the_engine_when_tensorrt_fits(setup, monkeypatch, 
         assert backend.name == "tensorrt"
         amap, _ = backend.infer(_frames(2))
     assert amap.shape == (2, 1, 8, 8)
+
+
+# -- the cuda-python adapter (no GPU: a fake runtime module with cuda-python's conventions) ----------
+
+class _Err(int):
+    """cuda-python's cudaError_t: an int enum whose members have a ``name``."""
+
+    def __new__(cls, value: int, name: str):
+        self = int.__new__(cls, value)
+        self.name = name
+        return self
+
+
+class _Handle:
+    def __init__(self, address: int) -> None:
+        self.address = address
+
+    def __int__(self) -> int:  # deprecated in cuda-bindings 13 for handles; the adapter prefers the getter
+        raise AssertionError("int(handle) used although get_cuda_native_handle is available")
+
+
+def fake_cudart():
+    """A ``cuda.bindings.runtime``-shaped module: every call returns ``(cudaError_t, *results)``."""
+    ok, invalid = _Err(0, "cudaSuccess"), _Err(1, "cudaErrorInvalidValue")
+    calls: list[tuple] = []
+    rt = types.SimpleNamespace(calls=calls, cudaStreamNonBlocking=1)
+    rt.cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeGlobal=0,
+                                                     cudaStreamCaptureModeThreadLocal=1)
+    rt.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+    rt.cudaGetErrorString = lambda err: (ok, b"invalid argument")
+    rt.cudaMalloc = lambda n: (invalid, None)
+    rt.cudaStreamCreateWithFlags = lambda flags: (calls.append(("create", flags)), (ok, _Handle(0xABC)))[1]
+    rt.cudaStreamBeginCapture = lambda s, mode: (calls.append(("begin", s.address, mode)), (ok,))[1]
+    rt.cudaStreamEndCapture = lambda s: (calls.append(("end", s.address)), (ok, "graph"))[1]
+    rt.cudaGraphInstantiateWithFlags = lambda g, flags: (calls.append(("instantiate", g, flags)), (ok, "exec"))[1]
+    rt.cudaGraphDestroy = lambda g: (calls.append(("destroy", g)), (ok,))[1]
+    rt.cudaGetDeviceCount = lambda: (ok, 2)
+    return rt
+
+
+def test_cuda_python_adapter_conventions():
+    from stpm_edge.runtime.backends.cuda import CudaError, _CudaPython
+
+    rt = fake_cudart()
+    cuda = _CudaPython(rt, "cuda.bindings.runtime", 0, handle_of=lambda h: h.address)
+    assert cuda.device_count() == 2  # (err, value) -> value
+    stream = cuda.stream_create()
+    assert rt.calls[0] == ("create", 1)  # non-blocking: capture needs a non-default stream
+    assert cuda.stream_handle(stream) == 0xABC  # via get_cuda_native_handle, not int()
+    with pytest.raises(CudaError, match=r"^CUDA cudaMalloc failed: invalid argument \(cudaErrorInvalidValue\)$"):
+        cuda.malloc(16)
+    cuda.capture_begin(stream)
+    assert cuda.capture_end(stream) == "exec"
+    assert rt.calls[1:] == [("begin", 0xABC, 1), ("end", 0xABC), ("instantiate", "graph", 0), ("destroy", "graph")]
+
+
+def test_load_cuda_prefers_cuda_bindings_then_cudart_then_pycuda(monkeypatch):
+    from stpm_edge.runtime.backends import cuda as cuda_mod
+
+    available: dict[str, object] = {}
+
+    def fake_import(name):
+        if name not in available:
+            raise ImportError(f"No module named {name!r}")
+        return available[name]
+
+    monkeypatch.setattr(cuda_mod, "_import", fake_import)
+    with pytest.raises(StpmError, match=r"no CUDA Python binding found \(cuda.bindings.runtime: .*cuda.cudart: .*"
+                                        r"pycuda: .*\); pip install cuda-python"):
+        cuda_mod.load_cuda()
+    available["cuda.cudart"] = fake_cudart()  # cuda-python 11.x / early 12.x: int() handles
+    api = cuda_mod.load_cuda()
+    assert api.name == "cuda-python (cuda.cudart)" and api.stream_handle(7) == 7
+    available["cuda.bindings.runtime"] = fake_cudart()
+    available["cuda.bindings.utils"] = types.SimpleNamespace(get_cuda_native_handle=lambda h: h.address)
+    api = cuda_mod.load_cuda()
+    assert api.name == "cuda-python (cuda.bindings.runtime)" and api.stream_handle(_Handle(5)) == 5
+
+
+def test_installed_cuda_bindings_have_the_calls_used():
+    """Where cuda-bindings is installed (no GPU needed), the names and enum members the adapter uses exist."""
+    rt = pytest.importorskip("cuda.bindings.runtime")
+    for name in ("cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaSetDevice", "cudaMalloc", "cudaFree",
+                 "cudaMallocHost", "cudaFreeHost", "cudaStreamCreateWithFlags", "cudaStreamDestroy",
+                 "cudaMemcpyAsync", "cudaStreamSynchronize", "cudaStreamBeginCapture", "cudaStreamEndCapture",
+                 "cudaGraphInstantiateWithFlags", "cudaGraphLaunch", "cudaGraphExecDestroy", "cudaGraphDestroy",
+                 "cudaGetErrorString"):
+        assert callable(getattr(rt, name)), name
+    assert int(rt.cudaStreamNonBlocking) == 1
+    assert rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal is not None
+    assert rt.cudaMemcpyKind.cudaMemcpyHostToDevice and rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+    err = rt.cudaGetDeviceCount()[0]  # (cudaError_t, count) whether or not a GPU is present
+    assert isinstance(int(err), int) and hasattr(err, "name")

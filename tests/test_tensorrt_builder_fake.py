@@ -52,10 +52,11 @@ def fake_trt(version: str, fail_parse: bool = False, fail_build: bool = False) -
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.calls = calls
-    # Flag values differ between releases (EXPLICIT_BATCH was 0 in 8.x); the builder must use the names.
+    # Flag values differ between releases (STRONGLY_TYPED is 1 in 10 and 0 in 11, where EXPLICIT_BATCH
+    # is gone); the builder must use the names.
     trt.NetworkDefinitionCreationFlag = (_enum("EXPLICIT_BATCH", "EXPLICIT_PRECISION") if major < 10 else
                                          _enum("EXPLICIT_BATCH", "STRONGLY_TYPED", start=0) if major == 10 else
-                                         _enum("STRONGLY_TYPED", "PREFER_AOT_PYTHON_PLUGINS", start=1))
+                                         _enum("STRONGLY_TYPED", "PREFER_AOT_PYTHON_PLUGINS"))
     precision_flags = ("FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS") if major < 11 else ()
     trt.BuilderFlag = _enum(*precision_flags, "DEBUG", "GPU_FALLBACK", "TF32", "REFIT")
     trt.MemoryPoolType = _enum("WORKSPACE", "DLA_MANAGED_SRAM")

@@ -151,6 +151,11 @@ def test_fp16_on_10_without_fp16_graph_falls_back_to_flags(tmp_path):
 def test_fp16_on_10_flags_mode_forced(tmp_path):
     plan = plan_build(CAPS["10.3"], "fp16", BuildOptions(fp16_mode="flags"), FIXED, files(tmp_path, "fp32", "fp16"))
     assert plan.onnx_path.name == "model.onnx" and plan.pin_head_fp32
+    assert not any("10.12" in n for n in plan.notes)
+    plan = plan_build(CAPS["10.13"], "fp16", BuildOptions(fp16_mode="flags"), FIXED, files(tmp_path, "fp32", "fp16"))
+    assert any("deprecated since TensorRT 10.12" in n for n in plan.notes)  # weak typing (10.12.0 release notes)
+    plan = plan_build(CAPS["10.13"], "fp16", BuildOptions(), FIXED, files(tmp_path, "fp32", "fp16"))
+    assert plan.strongly_typed and not any("10.12" in n for n in plan.notes)
 
 
 def test_fp16_on_11_needs_the_fp16_graph(tmp_path):
@@ -240,6 +245,17 @@ def test_dla_core(tmp_path):
         plan_build(CAPS["8.5"], "fp32", BuildOptions(dla_core=0), FIXED, files(tmp_path, "fp32"))
     with pytest.raises(StpmError, match="--dla-core"):
         plan_build(CAPS["8.5"], "fp16", BuildOptions(dla_core=-1), FIXED, files(tmp_path, "fp32"))
+
+
+@pytest.mark.parametrize("release", ["8.5", "10.3", "11"])
+def test_dla_refuses_dynamic_batch(tmp_path, release):
+    # DLA supports no dynamic dimensions (profile min = opt = max, runtime shape = build shape)
+    f = files(tmp_path, "fp32", "fp16", "int8")
+    for precision in ("fp16", "int8"):
+        with pytest.raises(StpmError, match="DLA needs a fixed batch"):
+            plan_build(CAPS[release], precision, BuildOptions(dla_core=0), DYNAMIC, f)
+    plan = plan_build(CAPS[release], "int8", BuildOptions(dla_core=0), FIXED, f)
+    assert plan.dla_core == 0 and plan.profile is None and plan.builder_flags[-1] == "GPU_FALLBACK"
 
 
 def test_optimization_level_and_workspace(tmp_path):

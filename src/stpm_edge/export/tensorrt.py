@@ -231,6 +231,7 @@ def _check_cache(cache_path: Path, trt_version: str, method: str, have_images: b
 
 
 def _flag_bits(enum: Any, names: tuple[str, ...]) -> int:
+    """``1 << int(member)`` per name: values differ between releases (STRONGLY_TYPED is 1 in 10, 0 in 11)."""
     bits = 0
     for n in names:
         bits |= 1 << int(getattr(enum, n))
@@ -340,7 +341,8 @@ def build_engine(onnx_path: Path, precision: str = "fp32", options: BuildOptions
 
     log = make_logger(trt, options.verbose)
     builder = trt.Builder(log)
-    network = builder.create_network(_flag_bits(trt.NetworkDefinitionCreationFlag, plan.network_flags))
+    network = builder.create_network(_flag_bits(getattr(trt, "NetworkDefinitionCreationFlag", None),
+                                                plan.network_flags))
     parser = _parse(trt, network, plan.onnx_path, log, version)  # owns the weights until the build is done
     _check_network_io(network, spec, plan.onnx_path)
 

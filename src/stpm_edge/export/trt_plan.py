@@ -23,13 +23,16 @@ The paths per TensorRT release (and the documentation each follows):
   allowed") when that file exists, else the 8.x flag path; INT8 Q/DQ is a strongly typed
   build of ``model.int8.onnx``; the classic calibrator still works but is deprecated since
   10.1 ("IInt8Calibrator ... Deprecated in TensorRT 10.1. Superseded by explicit
-  quantization").
+  quantization"); from 10.12 the weak-typing APIs as a whole are deprecated (10.12.0 release
+  notes), which the plan notes whenever it sets FP16/INT8 flags.
 * **11.x**: the migration guide "Removed Python APIs and Replacements" removes
   ``BuilderFlag.FP16/INT8/OBEY_PRECISION_CONSTRAINTS/PREFER_PRECISION_CONSTRAINTS``,
   ``IBuilderConfig.int8_calibrator`` and ``set_calibration_profile``; ``EXPLICIT_BATCH`` is
   gone and ``STRONGLY_TYPED`` is "[DEPRECATED] ... Strongly typed mode is always enabled ...
   ignored" (11.0 Python API, Builder page). So no network flags, no precision flags:
   ``model.fp16.onnx`` / ``model.int8.onnx`` are required, the calibrator is a clear error.
+* **DLA** (any release): FP16/INT8 only, GPU fallback on by default, and a fixed batch only
+  ("DLA does not support dynamic dimensions", DLA Supported Layers and Restrictions).
 
 Sources: docs.nvidia.com/deeplearning/tensorrt ``api/python_api/infer/Core/Builder.html``
 (8.2.5, 8.4.3, 10.x, 11.0.0 archives), ``.../Core/BuilderConfig.html``, ``api/migration/
@@ -318,6 +321,10 @@ def plan_build(caps: TrtCaps, precision: str, options: BuildOptions, spec: Input
             if v.major >= 10:
                 notes.append("implicit INT8 calibration is deprecated since TensorRT 10.1 (removed in 11)")
 
+    if v.major == 10 and v.minor >= 12 and {"FP16", "INT8"} & set(builder_flags):
+        notes.append("weak typing (FP16/INT8 builder flags) is deprecated since TensorRT 10.12 and removed in 11; "
+                     "prefer model.fp16.onnx / model.int8.onnx")
+
     if not options.tf32 and "TF32" in caps.builder_flags:
         clear.append("TF32")  # on by default; FP32 results must match ONNX Runtime within 1e-3
 
@@ -326,6 +333,11 @@ def plan_build(caps: TrtCaps, precision: str, options: BuildOptions, spec: Input
             raise StpmError(f"--dla-core: expected a core number >= 0, got {options.dla_core!r}")
         if precision == "fp32":
             raise StpmError("DLA runs FP16 and INT8 only; use --dla-core with --fp16 or --int8")
+        if spec.batch is None:
+            # "DLA does not support dynamic dimensions ... The runtime dimensions must be the same
+            # as the dimensions used for building" (DLA Supported Layers and Restrictions).
+            raise StpmError("DLA needs a fixed batch (it supports no dynamic dimensions); export the model "
+                            "without --dynamic-batch to use --dla-core")
         if options.gpu_fallback:
             if "GPU_FALLBACK" not in caps.builder_flags:
                 raise StpmError(f"TensorRT {v} has no GPU fallback for DLA")

@@ -11,7 +11,10 @@ ship PyCUDA instead, so :func:`load_cuda` takes whichever imports, in this order
 Calls used, checked against the cuda-python runtime bindings (``cuda.bindings.runtime``
 docstrings of 13.x: every call returns ``(cudaError_t, *results)``) and NVIDIA's TensorRT
 sample ``samples/python/common_runtime.py`` (cudaMallocHost/cudaMalloc/cudaMemcpyAsync/
-cudaStreamCreate/cudaStreamSynchronize); PyCUDA per its ``doc/source/driver.rst``
+cudaStreamCreate/cudaStreamSynchronize). Stream handles for ``execute_async_v3`` come from
+``cuda.bindings.utils.get_cuda_native_handle`` where it exists (cuda-bindings 13.0 release notes:
+"Using ``int(cuda_obj)`` to retrieve the underlying address of a CUDA object is deprecated"),
+else ``int()``. PyCUDA per its ``doc/source/driver.rst``
 (``Device.retain_primary_context`` since 2020.1, ``pagelocked_empty``, ``memcpy_htod_async``
 sizes the copy from the host buffer, so partial copies pass a view). CUDA graphs
 (``cudaStreamBeginCapture`` / ``cudaStreamEndCapture`` / ``cudaGraphInstantiateWithFlags`` /
@@ -25,7 +28,7 @@ import contextlib
 import ctypes
 import importlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -111,10 +114,12 @@ class _CudaPython(CudaApi):
 
     supports_graphs = True
 
-    def __init__(self, rt: Any, module_name: str, device: int = 0) -> None:
+    def __init__(self, rt: Any, module_name: str, device: int = 0,
+                 handle_of: Callable[[Any], int] | None = None) -> None:
         self.rt = rt
         self.name = f"cuda-python ({module_name})"
         self.device = device
+        self._handle_of: Callable[[Any], int] = handle_of or int
 
     def _call(self, what: str, result: Any) -> Any:
         err, *values = result if isinstance(result, tuple) else (result,)
@@ -166,7 +171,7 @@ class _CudaPython(CudaApi):
         return self._call("cudaStreamCreateWithFlags", self.rt.cudaStreamCreateWithFlags(flags))
 
     def stream_handle(self, stream: Any) -> int:
-        return int(stream)
+        return int(self._handle_of(stream))
 
     def stream_destroy(self, stream: Any) -> None:
         self._call("cudaStreamDestroy", self.rt.cudaStreamDestroy(stream))
@@ -277,14 +282,25 @@ def _import(name: str) -> Any:
     return importlib.import_module(name)
 
 
+def _native_handle_getter() -> Callable[[Any], int] | None:
+    """``cuda.bindings.utils.get_cuda_native_handle`` (added in cuda-bindings 13.0), else None (``int()``)."""
+    try:
+        return getattr(_import("cuda.bindings.utils"), "get_cuda_native_handle", None)
+    except ImportError:
+        return None
+
+
 def load_cuda(device: int = 0) -> CudaApi:
     """The first CUDA binding that imports (see the module docstring); one-line StpmError otherwise."""
     errors = []
     for module_name in ("cuda.bindings.runtime", "cuda.cudart"):
         try:
-            return _CudaPython(_import(module_name), module_name, device)
+            rt = _import(module_name)
         except ImportError as e:
             errors.append(f"{module_name}: {first_line(e)}")
+            continue
+        handle_of = _native_handle_getter() if module_name == "cuda.bindings.runtime" else None
+        return _CudaPython(rt, module_name, device, handle_of)
     try:
         return _PyCuda(_import("pycuda.driver"), device)
     except ImportError as e:
