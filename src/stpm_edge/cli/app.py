@@ -6,6 +6,7 @@ import typer
 from stpm_edge import __version__
 from stpm_edge.cli.bench import bench_cmd
 from stpm_edge.cli.calibrate import calibrate_cmd
+from stpm_edge.cli.capi import capi_app
 from stpm_edge.cli.data import data_app
 from stpm_edge.cli.eval import eval_cmd
 from stpm_edge.cli.export import export_cmd
@@ -30,6 +31,7 @@ app.command("run")(run_cmd)
 app.command("bench")(bench_cmd)
 app.command("info")(info_cmd)
 app.add_typer(data_app, name="data")
+app.add_typer(capi_app, name="capi")
 
 
 def _version(value: bool) -> None:
