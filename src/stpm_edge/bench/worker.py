@@ -17,7 +17,7 @@ from stpm_edge.bench.stats import LatencySummary
 
 
 def combo_to_dict(c: Combo) -> dict[str, Any]:
-    return asdict(c) | {"path": str(c.path)}
+    return {**asdict(c), "path": str(c.path)}
 
 
 def combo_from_dict(d: dict[str, Any]) -> Combo:

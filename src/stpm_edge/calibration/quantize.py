@@ -162,7 +162,7 @@ def quantize(fp32_path: Path, frames: CalibrationFrames, outputs: dict[str, Path
                         str(fp32_path), str(out), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
                         reduce_range=False, activation_type=forms[form]["activation_type"],
                         weight_type=q.QuantType.QInt8, nodes_to_quantize=names, calibrate_method=_method(q, options.method),
-                        extra_options=extra_common | forms[form]["extra"], **kwargs)
+                        extra_options={**extra_common, **forms[form]["extra"]}, **kwargs)
                 except StpmError:
                     raise
                 except Exception as e:  # noqa: BLE001 - ORT raises many types

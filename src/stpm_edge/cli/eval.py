@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import List
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -26,7 +27,7 @@ def eval_cmd(
     data: Path = typer.Argument(..., help="MVTec AD category folder with a test/ split (ground_truth/ for pixel metrics)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda (and tensorrt for .onnx: the ONNX Runtime TensorRT provider)."),
     batch_size: int = typer.Option(16, help="Images per forward pass."),
-    compare: list[Path] = typer.Option([], "--compare", help="Exported variants to evaluate side by side with MODEL "
+    compare: List[Path] = typer.Option([], "--compare", help="Exported variants to evaluate side by side with MODEL "
                                        "(an .onnx); deviations are against MODEL. Repeatable."),
     variants: bool = typer.Option(False, "--variants", help="Compare MODEL (.onnx) with the precision variants beside "
                                   "it (<name>.fp16.onnx, <name>.int8.onnx, <name>.int8.cpu.onnx)."),
@@ -59,7 +60,7 @@ def eval_cmd(
             result = evaluate_backend(backend, dataset, batch_size, progress=step)
         else:
             result = evaluate(net, meta, dataset, resolve_device(device), batch_size, progress=step)
-    out = {"model": str(model), "data": str(data)} | result.to_dict()
+    out = {"model": str(model), "data": str(data), **result.to_dict()}
     if json_out:
         print_json(out)
         return

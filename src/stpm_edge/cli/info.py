@@ -31,7 +31,7 @@ def info_cmd(
         info = read_onnx_metadata(model)
     else:
         info = meta_from_dict(read_checkpoint_dict(model, allow_pickle=trust_checkpoint), str(model)).to_dict()
-    info |= {"file": str(model), "sha256": file_sha256(model)}
+    info.update({"file": str(model), "sha256": file_sha256(model)})
     if model.suffix.lower() == ".engine":
         info["matches_sidecar"] = info["sha256"] == info["engine"].get("sha256")
     if json_out:

@@ -129,7 +129,7 @@ def write_int8(fp32_path: Path, frames: CalibrationFrames, options: QuantizeOpti
         result = Int8Result(files, len(report.quantized_nodes), report.float_convs, len(frames.paths),
                             time.perf_counter() - t0)
         if validate is not None:
-            result.comparison, result.verdict = validate({"fp32": Path(fp32_path)} | {f: t[0] for f, t in tmp.items()})
+            result.comparison, result.verdict = validate({"fp32": Path(fp32_path), **{f: t[0] for f, t in tmp.items()}})
             if not result.verdict.passed:
                 raise StpmError(result.verdict.message)
     return result

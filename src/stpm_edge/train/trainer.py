@@ -157,7 +157,7 @@ def train(data: Path, output: Path, cfg: TrainConfig, *,
     generator = torch.Generator().manual_seed(cfg.seed)
     meta.provenance = {
         "stpm_edge": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
-        "data": dataset.summary() | {"fit": int(len(fit_idx)), "holdout": int(len(hold_idx))},
+        "data": {**dataset.summary(), "fit": int(len(fit_idx)), "holdout": int(len(hold_idx))},
         "train_config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "device": str(device), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -213,9 +213,9 @@ def train(data: Path, output: Path, cfg: TrainConfig, *,
     model.student.load_state_dict(best_state)
     maps, scores, _ = predict(model, x_hold, device, cfg.batch_size)
     meta.normalization = compute_normalization(scores, maps)
-    meta.provenance |= {"epochs_run": epoch if stop_reason != "interrupted" else len(history),
-                        "best_epoch": best_epoch, "best_holdout_loss": best_loss, "stop_reason": stop_reason,
-                        "train_seconds": round(time.perf_counter() - t_start, 1)}
+    meta.provenance.update({"epochs_run": epoch if stop_reason != "interrupted" else len(history),
+                            "best_epoch": best_epoch, "best_holdout_loss": best_loss, "stop_reason": stop_reason,
+                            "train_seconds": round(time.perf_counter() - t_start, 1)})
     save_checkpoint(output, model, meta)
     return TrainResult(Path(output), best_epoch, len(history), stop_reason, time.perf_counter() - t_start,
                        str(device), history, meta)
