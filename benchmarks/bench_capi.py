@@ -14,7 +14,7 @@ vs Python-side throughput, in one run.
    fresh process (neither carries the other's imports), with the same ORT thread count.
 4. Reports, as medians over all timed calls: C call wall time, the runtime's time inside it, the
    boundary overhead (wall minus runtime, per call; goal <= 0.3 ms), the Python API's call time,
-   and frames/s of both sides with their ratio.
+   and frames/s of both sides with their ratio (also as the median of per-round ratios).
 """
 from __future__ import annotations
 
@@ -126,6 +126,8 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         res["c_vs_python_throughput"] = res["c_fps"] / res["python_fps"]
+        # Rounds are interleaved: the per-round ratio cancels slow drifts in machine load.
+        res["c_vs_python_throughput_per_round_median"] = statistics.median(c / p for c, p in zip(c_fps, py_fps))
     print(json.dumps(res, indent=2))
     if args.json_out:
         args.json_out.write_text(json.dumps(res, indent=2))
