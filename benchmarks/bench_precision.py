@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path)
     ap.add_argument("--timing-only", metavar="BACKBONE")
     ap.add_argument("--data", type=Path, required=True, help="MVTec category: train/good calibrates, test/ evaluates")
-    ap.add_argument("--method", default="entropy")
+    ap.add_argument("--method", default="minmax")
     ap.add_argument("--count", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--per-round", type=int, default=20)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from stpm_edge.calibration.cache import (CalibrationCache, cache_header, format_cache, hex_to_scale, parse_cache,
                                          read_cache_bytes, scale_to_hex, trt_version_number, write_cache_bytes)
@@ -262,3 +262,36 @@ def test_cli_int8_bad_input(exported: Path, brick_data: Path, tmp_path: Path) ->
     r = _cli("calibrate", str(exported), "--calib", str(brick_data), "--calib-method", "magic")
     assert r.returncode == 1 and "entropy" in r.stderr
     assert not list(exported.parent.glob(".*tmp*"))
+
+
+def test_entropy_ranges_are_real_kl_thresholds_clipped_to_what_was_seen(tmp_path: Path) -> None:
+    """quantize_static's own entropy (128 bins, 128 quantized bins) is minmax; ours searches 2048 bins."""
+    from onnx import helper
+
+    from stpm_edge.calibration.quantize import entropy_ranges
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(8, 4, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+         helper.make_node("Relu", ["c"], ["y"], name="relu")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], [w])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    batches = [rng.standard_t(2, size=(1, 4, 16, 16)).astype(np.float32) for _ in range(8)]  # heavy tails
+
+    class Reader:
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self):
+            return next(({"x": b} for b in self.it), None)
+
+    ranges = entropy_ranges(path, Reader(), tmp_path)
+    x = np.concatenate(batches)
+    low, high = (float(v) for v in ranges["x"].range_value)
+    assert x.min() <= low < 0 < high < x.max()  # clipped inside the observed range (minmax would be the range)
+    assert high < 0.5 * np.abs(x).max()  # heavy tails: KL cuts far inside
+    y_low, y_high = (float(v) for v in ranges["y"].range_value)
+    assert y_low == 0.0 and y_high > 0  # after the ReLU nothing is negative: no levels wasted below 0

@@ -361,7 +361,7 @@ def test_classic_calibrator_on_86(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("stpm_edge.runtime.backends.cuda.load_cuda", lambda device=0: cuda)
     (model_dir / "model.int8.onnx").unlink()  # no Q/DQ graph: auto falls back to the calibrator
     trt = fake_trt("8.6.1.6")
-    opts = BuildOptions(calib_dir=images, calib_count=10, calib_batch=4)
+    opts = BuildOptions(calib_dir=images, calib_count=10, calib_batch=4, calib_method="entropy")
     res = build_engine(model_dir / "model.onnx", "int8", opts, trt=trt, gpu=GPU)
     calls = trt.calls
     assert names(calls, "set_flag") == ["INT8", "OBEY_PRECISION_CONSTRAINTS"]
@@ -374,12 +374,12 @@ def test_classic_calibrator_on_86(model_dir, tmp_path, monkeypatch):
     assert names(calls, "precision") == ["/head/Transpose", "/Mul", "/head/ReduceMax"]
 
     trt2 = fake_trt("8.6.1.6")  # cache present, no images: TensorRT reads the cache, no batches
-    build_engine(model_dir / "model.onnx", "int8", BuildOptions(int8_mode="calibrator"), trt=trt2, gpu=GPU)
+    build_engine(model_dir / "model.onnx", "int8", BuildOptions(int8_mode="calibrator", calib_method="entropy"), trt=trt2, gpu=GPU)
     assert not any(c[0] in ("get_batch", "batch_size") for c in trt2.calls)
 
     with pytest.raises(StpmError, match="calibration cache header 'TRT-8601-EntropyCalibration2' is not "
                                         "'TRT-100300-EntropyCalibration2'.*--calib-dir"):
-        build_engine(model_dir / "model.onnx", "int8", BuildOptions(int8_mode="calibrator"),
+        build_engine(model_dir / "model.onnx", "int8", BuildOptions(int8_mode="calibrator", calib_method="entropy"),
                      trt=fake_trt("10.3.0"), gpu=GPU)
 
 

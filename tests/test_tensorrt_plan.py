@@ -207,7 +207,7 @@ def test_int8_calibrator_fixed_batch_uses_the_model_batch(tmp_path):
 
 def test_int8_auto_uses_calibrator_when_only_images_are_given(tmp_path):
     plan = plan_build(CAPS["8.6"], "int8", BuildOptions(calib_dir=tmp_path), FIXED, files(tmp_path, "fp32"))
-    assert plan.int8_method == "calibrator" and plan.calibrator_class == "IInt8EntropyCalibrator2"
+    assert plan.int8_method == "calibrator" and plan.calibrator_class == "IInt8MinMaxCalibrator"  # the default
 
 
 def test_int8_auto_uses_an_existing_cache(tmp_path):

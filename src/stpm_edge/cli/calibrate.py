@@ -18,7 +18,9 @@ from stpm_edge.errors import StpmError
 
 
 # The INT8 options, shared by stpm-calibrate and stpm-export --int8.
-CALIB_METHOD = typer.Option("entropy", help=f"INT8 range estimation: {' | '.join(METHODS)}.")
+CALIB_METHOD = typer.Option("minmax", help=f"INT8 range estimation: {' | '.join(METHODS)}. minmax keeps the "
+                            "feature tails where anomalies show; entropy (TensorRT's KL method, slow) and percentile "
+                            "clip them to ranges fitted on good images.")
 CALIB_COUNT = typer.Option(DEFAULT_COUNT, help="INT8: calibration images (a deterministic subset when there are more).")
 SEED = typer.Option(0, help="INT8: seed of the calibration subset.")
 KEEP_FLOAT_OPT = typer.Option(None, "--keep-float", help="INT8: leave convolutions float: first, last or first,last.")

@@ -51,7 +51,7 @@ from stpm_edge.runtime.backends.engine_meta import PRECISIONS, TrtVersion
 
 FP16_MODES = ("auto", "typed", "flags")
 INT8_MODES = ("auto", "qdq", "calibrator")
-CALIB_METHODS = ("entropy", "minmax")
+CALIB_METHODS = ("minmax", "entropy")
 CALIBRATOR_CLASSES = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
 # Layers whose (ONNX node → TensorRT layer) name starts with one of these may run in reduced
 # precision; every other floating-point layer is pinned to FP32. The exporter traces the
@@ -111,7 +111,7 @@ class BuildOptions:
     calib_dir: Path | None = None
     calib_count: int = 128
     calib_batch: int = 8
-    calib_method: str = "entropy"
+    calib_method: str = "minmax"  # IInt8MinMaxCalibrator; the Q/DQ path's default too (see calibration.quantize)
     calib_cache: Path | None = None
     calib_seed: int = 0
     out_path: Path | None = None
