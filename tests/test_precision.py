@@ -141,6 +141,32 @@ def test_keep_float_edges(exported: Path) -> None:
     assert len(first) == 1 and first[0].startswith(TRUNK_SCOPE) and last and not set(first) & set(last)
 
 
+def test_keep_float_a_trunk_module(exported: Path, brick_data: Path, tmp_path: Path) -> None:
+    from stpm_edge.calibration.quantize import module_nodes, nodes_to_quantize, trunk_modules
+
+    model = onnx.load(str(exported))
+    assert trunk_modules(model)[:2] == ["stem", "stages.0"]
+    stage0 = module_nodes(model, "stages.0")
+    names, keep = nodes_to_quantize(model, ("stages.0",))
+    assert stage0 and keep == stage0 and not set(names) & set(stage0)
+    assert module_nodes(model, "stages.0.0/conv_pw") == [n for n in stage0 if "/conv_pw/" in n]
+    with pytest.raises(StpmError, match=r"--keep-float stages\.9: no such part.*stem, stages\.0"):
+        nodes_to_quantize(model, ("stages.9",))
+    # written: the stage's convolutions keep float weights, the others are fed by DequantizeLinear
+    work = tmp_path / "m"
+    work.mkdir()
+    shutil.copy(exported, work / "model.onnx")
+    shutil.copy(exported.with_suffix(".json"), work / "model.json")
+    frames = CalibrationFrames.for_model(work / "model.onnx", brick_data, count=8, seed=0)
+    res = write_int8(work / "model.onnx", frames, QuantizeOptions("minmax", ("stages.0",)), forms=("tensorrt",))
+    q = onnx.load(str(res.files["tensorrt"].onnx_path))
+    producers = {o: n.op_type for n in q.graph.node for o in n.output}
+    convs = {n.name: producers.get(n.input[1], "initializer") for n in q.graph.node if n.op_type == "Conv"
+             and n.name.startswith(TRUNK_SCOPE)}
+    assert all(src != "DequantizeLinear" for name, src in convs.items() if name in stage0)
+    assert any(src == "DequantizeLinear" for name, src in convs.items() if name not in stage0)
+
+
 def test_gate_verdicts() -> None:
     ref = VariantResult("fp32", "fp32", 0.95, 0.98, 0.9, 0.0, 0.0, 1.0)
     ok = gate(ref, VariantResult("int8", "int8", 0.948, 0.979, 0.9, 0.2, 0.1, 1.0), 0.5)
@@ -259,6 +285,8 @@ def test_cli_int8_bad_input(exported: Path, brick_data: Path, tmp_path: Path) ->
     assert r.returncode == 1 and "image(s)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _cli("calibrate", str(exported), "--calib", str(brick_data), "--max-auroc-drop", "0.5")
     assert r.returncode == 1 and "--val" in r.stderr
+    r = _cli("calibrate", str(exported), "--calib", str(brick_data), "--keep-float", "auto")
+    assert r.returncode == 1 and "--max-auroc-drop" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _cli("calibrate", str(exported), "--calib", str(brick_data), "--calib-method", "magic")
     assert r.returncode == 1 and "entropy" in r.stderr
     assert not list(exported.parent.glob(".*tmp*"))
@@ -295,3 +323,29 @@ def test_entropy_ranges_are_real_kl_thresholds_clipped_to_what_was_seen(tmp_path
     assert high < 0.5 * np.abs(x).max()  # heavy tails: KL cuts far inside
     y_low, y_high = (float(v) for v in ranges["y"].range_value)
     assert y_low == 0.0 and y_high > 0  # after the ReLU nothing is negative: no levels wasted below 0
+
+
+def test_keep_float_auto_takes_the_first_rung_that_passes(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stpm_edge.export import variants
+
+    ladder = variants.auto_keep_float_ladder(onnx.load(str(exported)))
+    assert ladder == [(), ("stem", "stages.0"), ("stem", "stages.0", "stages.1")]
+    tried = []
+
+    def fake_write(path, frames, options, forms, *, validate=None, progress=None):
+        tried.append(options.keep_float)
+        if len(options.keep_float) < 2:
+            raise variants.GateFailed(GateVerdict(False, 18.1, 5.9, "INT8 loses more than the 0.5 pt AUROC budget"))
+        return options.keep_float
+
+    monkeypatch.setattr(variants, "write_int8", fake_write)
+    assert variants.write_int8_auto(exported, None, QuantizeOptions(), ("tensorrt",), validate=lambda p: None) \
+        == ("stem", "stages.0")
+    assert tried == ladder[:2]
+    monkeypatch.setattr(variants, "write_int8", lambda *a, **k: (_ for _ in ()).throw(
+        variants.GateFailed(GateVerdict(False, 18.1, None, "lost"))))
+    with pytest.raises(StpmError, match=r"every --keep-float auto setting \(nothing float: image -18\.10 pt; "
+                                        r"stem,stages\.0 float: image -18\.10 pt"):
+        variants.write_int8_auto(exported, None, QuantizeOptions(), ("tensorrt",), validate=lambda p: None)
+    with pytest.raises(StpmError, match="needs --val"):
+        variants.write_int8_auto(exported, None, QuantizeOptions(), ("tensorrt",), validate=None)

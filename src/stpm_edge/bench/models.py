@@ -109,7 +109,7 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, precisions: Sequence[str]
     files, meta = discover(res.onnx_path, Path(checkpoint))
     hints = {"fp16": "not asked for", "int8": "pass --calib DIR to calibrate INT8 from a checkpoint",
              "int8.cpu": "pass --calib DIR to calibrate INT8 from a checkpoint"}
-    hints |= {f"engine.{p}": why for p, why in engine_problems.items()}
+    hints.update({f"engine.{p}": why for p, why in engine_problems.items()})
     return ModelFiles(files.onnx, files.engines, files.checkpoint, files.checkpoint_problem, files.model_batch,
                       hints), meta
 

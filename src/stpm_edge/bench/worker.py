@@ -21,7 +21,7 @@ def combo_to_dict(c: Combo) -> dict[str, Any]:
 
 
 def combo_from_dict(d: dict[str, Any]) -> Combo:
-    return Combo(**(d | {"path": Path(d["path"])}))
+    return Combo(**{**d, "path": Path(d["path"])})
 
 
 def row_to_dict(row: Any) -> dict[str, Any]:

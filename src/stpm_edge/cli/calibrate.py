@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from stpm_edge.calibration.quantize import FORMS, KEEP_FLOAT, METHODS, QuantizeOptions
+from stpm_edge.calibration.quantize import FORMS, METHODS, QuantizeOptions
 from stpm_edge.calibration.reader import DEFAULT_COUNT
 from stpm_edge.cli.common import console, print_json, setup_logging, user_errors
 from stpm_edge.errors import StpmError
@@ -23,7 +23,10 @@ CALIB_METHOD = typer.Option("minmax", help=f"INT8 range estimation: {' | '.join(
                             "clip them to ranges fitted on good images.")
 CALIB_COUNT = typer.Option(DEFAULT_COUNT, help="INT8: calibration images (a deterministic subset when there are more).")
 SEED = typer.Option(0, help="INT8: seed of the calibration subset.")
-KEEP_FLOAT_OPT = typer.Option(None, "--keep-float", help="INT8: leave convolutions float: first, last or first,last.")
+KEEP_FLOAT_OPT = typer.Option(None, "--keep-float", help="INT8: leave parts of the trunks float, comma-separated: "
+                              "first, last (the edge convolutions) or trunk modules by name, e.g. stem,stages.0 "
+                              "(efficientnet_lite0) or conv1,layer1 (ResNets); or auto (with --val and "
+                              "--max-auroc-drop): none, then the first two, then three modules, the first that passes.")
 INT8_FORMS = typer.Option("tensorrt,cpu", help="INT8 files: tensorrt (<name>.int8.onnx, symmetric, for TensorRT) "
                           "and/or cpu (<name>.int8.cpu.onnx, fast on ONNX Runtime x86, not for TensorRT).")
 VAL = typer.Option(None, help="INT8: MVTec category with a test split; compare INT8 with FP32 on it.")
@@ -60,7 +63,7 @@ def int8_step(fp32_path: Path, calib: Optional[Path], *, count: int, seed: int, 
     """Calibrate, gate (with ``val``) and write the INT8 files; returns a JSON-able summary."""
     from stpm_edge.calibration.reader import CalibrationFrames  # noqa: PLC0415
     from stpm_edge.data.mvtec import load_dataset  # noqa: PLC0415
-    from stpm_edge.export.variants import validator, write_int8  # noqa: PLC0415
+    from stpm_edge.export.variants import validator, write_int8, write_int8_auto  # noqa: PLC0415
 
     if calib is None:
         raise StpmError("INT8 needs calibration images: pass --calib DIR (a folder of good images, "
@@ -69,24 +72,30 @@ def int8_step(fp32_path: Path, calib: Optional[Path], *, count: int, seed: int, 
         raise StpmError("--max-auroc-drop needs --val DIR (an MVTec category folder with a test split)")
     if max_drop is not None and max_drop < 0:
         raise StpmError(f"--max-auroc-drop {max_drop}: expected >= 0 (AUROC points)")
-    options = QuantizeOptions(method, parse_list(keep_float, KEEP_FLOAT, "--keep-float")).validated()
+    keep = tuple(t.strip() for t in (keep_float or "").split(",") if t.strip())
+    auto = "auto" in keep
+    if auto and (len(keep) > 1 or max_drop is None):
+        raise StpmError("--keep-float auto stands alone and needs --val DIR --max-auroc-drop PT (it keeps the first "
+                        "setting that passes the accuracy gate)")
+    options = QuantizeOptions(method, () if auto else keep).validated()
     form_list = parse_list(forms, FORMS, "--int8-forms") or FORMS
     dataset = load_dataset(val) if val is not None else None
     frames = CalibrationFrames.for_model(fp32_path, calib, count=count, seed=seed)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=quiet) as progress:
-        task = progress.add_task(f"calibrating ({method}, {len(frames.paths)} images)", total=len(frames) * len(form_list))
+        task = progress.add_task(f"calibrating ({method}, {len(frames.paths)} images)",
+                                 total=None if auto else len(frames) * len(form_list))
         check = None
         if dataset is not None:
             vtask = progress.add_task("validating INT8", total=None)
             check = validator(dataset, max_drop if max_drop is not None else float("inf"), device,
                               progress=lambda k: progress.advance(vtask, k))
-        result = write_int8(fp32_path, frames, options, form_list, validate=check,
-                            progress=lambda: progress.advance(task))
+        write = write_int8_auto if auto else write_int8
+        result = write(fp32_path, frames, options, form_list, validate=check, progress=lambda: progress.advance(task))
     summary = {
         "int8": {form: str(f.onnx_path) for form, f in result.files.items()},
         "method": method, "calib_images": result.calib_images, "quantized_nodes": result.quantized_nodes,
-        "float_convs": result.float_convs, "seconds": round(result.seconds, 1),
+        "keep_float": list(result.keep_float), "float_nodes": result.float_convs, "seconds": round(result.seconds, 1),
     }
     if result.comparison:
         summary["comparison"] = [r.to_dict() for r in result.comparison]

@@ -204,7 +204,7 @@ def run_cmd(
         from stpm_edge.runtime.demo import demo_report
 
         demo_info = demo_report(assets.defect_frames, ng_seen)
-        result["demo"] = demo_info | {"cache": str(assets.root), "cached": assets.cached}
+        result["demo"] = {**demo_info, "cache": str(assets.root), "cached": assets.cached}
     if summary is not None:
         if error is not None:
             result["error"] = str(error)

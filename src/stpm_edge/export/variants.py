@@ -17,12 +17,13 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
 
-from stpm_edge.calibration.quantize import FORM_SUFFIX, FORMS, QuantizeOptions, check_tensorrt_form, quantize
+from stpm_edge.calibration.quantize import (FORM_SUFFIX, FORMS, QuantizeOptions, check_tensorrt_form, quantize,
+                                             trunk_modules)
 from stpm_edge.calibration.reader import CalibrationFrames
 from stpm_edge.data.io import atomic_path
 from stpm_edge.errors import StpmError
@@ -31,6 +32,14 @@ from stpm_edge.export.precision import precision_of, to_fp16
 from stpm_edge.runtime.backends.base import METADATA_KEY, parse_metadata
 
 logger = logging.getLogger(__name__)
+
+
+class GateFailed(StpmError):
+    """The accuracy gate refused the INT8 files; nothing was written."""
+
+    def __init__(self, verdict: GateVerdict) -> None:
+        super().__init__(verdict.message)
+        self.verdict = verdict
 
 
 @dataclass
@@ -49,6 +58,7 @@ class Int8Result:
     seconds: float
     comparison: list[VariantResult] = field(default_factory=list)
     verdict: GateVerdict | None = None
+    keep_float: tuple[str, ...] = ()  # what was asked (--keep-float), or what auto chose
 
 
 def _load_fp32(path: Path) -> tuple[onnx.ModelProto, dict]:
@@ -83,8 +93,8 @@ def write_fp16(fp32_path: Path) -> VariantFiles:
     """``model.fp16.onnx`` + sidecar beside the FP32 ``model.onnx``."""
     model, meta = _load_fp32(fp32_path)
     half = to_fp16(model)
-    meta = meta | {"precision": "fp16",
-                   "fp16": {"scope": "teacher and student trunks", "fp32": "preprocessing, STPM head, I/O"}}
+    meta = {**meta, "precision": "fp16",
+            "fp16": {"scope": "teacher and student trunks", "fp32": "preprocessing, STPM head, I/O"}}
     onnx_path, json_path = variant_paths(fp32_path, "fp16")
     with atomic_path(onnx_path) as t_onnx, atomic_path(json_path) as t_json:
         _save(half, meta, t_onnx, t_json)
@@ -118,7 +128,7 @@ def write_int8(fp32_path: Path, frames: CalibrationFrames, options: QuantizeOpti
                 problems = check_tensorrt_form(q)
                 if problems:
                     raise StpmError(f"internal: the INT8 graph is not in TensorRT's form ({problems[0]})")
-            m = meta | {"precision": "int8", "int8": {
+            m = {**meta, "precision": "int8", "int8": {
                 "form": form, "method": options.method, "images": len(frames.paths), "seed": frames.seed,
                 "calib_folder": str(frames.folder), "keep_float": report.float_convs,
                 "quantized_nodes": len(report.quantized_nodes),
@@ -127,12 +137,47 @@ def write_int8(fp32_path: Path, frames: CalibrationFrames, options: QuantizeOpti
             _save(q, m, t_onnx, t_json)
             files[form] = VariantFiles(targets[form][0], targets[form][1], m)
         result = Int8Result(files, len(report.quantized_nodes), report.float_convs, len(frames.paths),
-                            time.perf_counter() - t0)
+                            time.perf_counter() - t0, keep_float=tuple(options.keep_float))
         if validate is not None:
             result.comparison, result.verdict = validate({"fp32": Path(fp32_path), **{f: t[0] for f, t in tmp.items()}})
             if not result.verdict.passed:
-                raise StpmError(result.verdict.message)
+                raise GateFailed(result.verdict)
     return result
+
+
+def auto_keep_float_ladder(model: onnx.ModelProto) -> list[tuple[str, ...]]:
+    """What ``--keep-float auto`` tries, in order: all quantized, then the trunks' first two
+    modules float, then the first three (symmetric INT8 hurts STPM most in the early layers:
+    BENCHMARKS.md, precision section)."""
+    modules = trunk_modules(model)
+    return [()] + [tuple(modules[:k]) for k in (2, 3) if len(modules) > k]
+
+
+def write_int8_auto(fp32_path: Path, frames: CalibrationFrames, options: QuantizeOptions, forms: tuple[str, ...],
+                    *, validate: Callable[[dict[str, Path]], tuple[list[VariantResult], GateVerdict]] | None,
+                    progress: Callable[[], None] | None = None) -> Int8Result:
+    """:func:`write_int8` with the first rung of :func:`auto_keep_float_ladder` that passes the gate."""
+    if validate is None:
+        raise StpmError("--keep-float auto needs --val DIR and --max-auroc-drop PT: it keeps the first setting "
+                        "that passes the accuracy gate")
+    ladder = auto_keep_float_ladder(_load_fp32(fp32_path)[0])
+    failures = []
+    for keep in ladder:
+        try:
+            result = write_int8(fp32_path, frames, replace(options, keep_float=keep), forms, validate=validate,
+                                progress=progress)
+        except GateFailed as e:
+            drops = f"image {-e.verdict.image_drop_pt:+.2f} pt"
+            if e.verdict.pixel_drop_pt is not None:
+                drops += f", pixel {-e.verdict.pixel_drop_pt:+.2f} pt"
+            failures.append(f"{','.join(keep) or 'nothing'} float: {drops}")
+            logger.info("--keep-float auto: %s", failures[-1])
+            continue
+        if failures:
+            logger.info("--keep-float auto: %s float passes the gate", ",".join(keep))
+        return result
+    raise StpmError(f"INT8 fails the accuracy gate with every --keep-float auto setting ({'; '.join(failures)}), "
+                    f"so nothing was written; deploy FP16 (--fp16), or try more calibration images or another method")
 
 
 def validator(dataset, max_drop_pt: float, device: str = "cpu", batch_size: int = 16,
