@@ -115,7 +115,7 @@ def edge_convs(model: onnx.ModelProto, which: str) -> list[str]:
 
 
 def trunk_modules(model: onnx.ModelProto) -> list[str]:
-    """The top-level modules of the trunks (``stem``, ``stages.0``, ..., or ``layer1``, ...), in graph order."""
+    """The top-level modules of the trunks (``stem``, ``stages.0``, ``stages.1``, ... for every backbone), in graph order."""
     found: list[str] = []
     for n in model.graph.node:
         parts = n.name[len(TRUNK_SCOPE):].split("/") if n.name.startswith(TRUNK_SCOPE) else []

@@ -24,8 +24,8 @@ CALIB_METHOD = typer.Option("minmax", help=f"INT8 range estimation: {' | '.join(
 CALIB_COUNT = typer.Option(DEFAULT_COUNT, help="INT8: calibration images (a deterministic subset when there are more).")
 SEED = typer.Option(0, help="INT8: seed of the calibration subset.")
 KEEP_FLOAT_OPT = typer.Option(None, "--keep-float", help="INT8: leave parts of the trunks float, comma-separated: "
-                              "first, last (the edge convolutions) or trunk modules by name, e.g. stem,stages.0 "
-                              "(efficientnet_lite0) or conv1,layer1 (ResNets); or auto (with --val and "
+                              "first, last (the edge convolutions) or trunk modules by name (stem, stages.0, stages.1, ...; "
+                              "e.g. stem,stages.0), or auto (with --val and "
                               "--max-auroc-drop): none, then the first two, then three modules, the first that passes.")
 INT8_FORMS = typer.Option("tensorrt,cpu", help="INT8 files: tensorrt (<name>.int8.onnx, symmetric, for TensorRT) "
                           "and/or cpu (<name>.int8.cpu.onnx, fast on ONNX Runtime x86, not for TensorRT).")

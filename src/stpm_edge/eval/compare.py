@@ -120,5 +120,5 @@ def gate(reference: VariantResult, candidate: VariantResult, max_drop_pt: float)
         f"INT8 loses more than the {max_drop_pt:g} pt AUROC budget ({summary}), so it was not written. "
         f"Try, in this order: more calibration images (--calib-count, a few hundred good images from the line); "
         f"another method (--calib-method entropy|percentile|minmax); keeping parts of the trunks in float "
-        f"(--keep-float first,last, or an early module such as --keep-float stages.0 / layer1, where symmetric "
-        f"INT8 hurts most); or deploy FP16 (--fp16), which keeps accuracy."))
+        f"(--keep-float auto tries the early modules, where symmetric INT8 hurts most; or name them: "
+        f"--keep-float stem,stages.0; or first,last); or deploy FP16 (--fp16), which keeps accuracy."))
