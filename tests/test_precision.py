@@ -345,7 +345,9 @@ def test_keep_float_auto_takes_the_first_rung_that_passes(exported: Path, monkey
     monkeypatch.setattr(variants, "write_int8", lambda *a, **k: (_ for _ in ()).throw(
         variants.GateFailed(GateVerdict(False, 18.1, None, "lost"))))
     with pytest.raises(StpmError, match=r"every --keep-float auto setting \(nothing float: image -18\.10 pt; "
-                                        r"stem,stages\.0 float: image -18\.10 pt"):
+                                        r"stem,stages\.0 float: image -18\.10 pt.*written; deploy FP16"):
         variants.write_int8_auto(exported, None, QuantizeOptions(), ("tensorrt",), validate=lambda p: None)
+    with pytest.raises(StpmError, match=r"the worse of the forms: calibrate each alone, e\.g\. --int8-forms tensorrt"):
+        variants.write_int8_auto(exported, None, QuantizeOptions(), ("tensorrt", "cpu"), validate=lambda p: None)
     with pytest.raises(StpmError, match="needs --val"):
         variants.write_int8_auto(exported, None, QuantizeOptions(), ("tensorrt",), validate=None)

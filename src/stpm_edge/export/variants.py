@@ -176,8 +176,11 @@ def write_int8_auto(fp32_path: Path, frames: CalibrationFrames, options: Quantiz
         if failures:
             logger.info("--keep-float auto: %s float passes the gate", ",".join(keep))
         return result
+    both = (" (the gate judges the worse of the forms: calibrate each alone, e.g. --int8-forms tensorrt for a "
+            "Jetson)") if len(forms) > 1 else ""
     raise StpmError(f"INT8 fails the accuracy gate with every --keep-float auto setting ({'; '.join(failures)}), "
-                    f"so nothing was written; deploy FP16 (--fp16), or try more calibration images or another method")
+                    f"so nothing was written{both}; deploy FP16 (--fp16), or try more calibration images or another "
+                    f"method")
 
 
 def validator(dataset, max_drop_pt: float, device: str = "cpu", batch_size: int = 16,
