@@ -31,7 +31,7 @@ def _bridge(where):
         try:
             from stpm_edge.capi.bridge import Bridge  # noqa: PLC0415
 
-            _state["bridge"] = Bridge(ffi, lib)
+            _state["bridge"] = Bridge(ffi, _set_error)
         except BaseException as exc:  # noqa: BLE001
             _set_error(f"{where}: cannot import stpm_edge in the embedded Python {sys.version.split()[0]} "
                        f"({type(exc).__name__}: {exc}); the library was built from {_STPM_CONFIG['python']}: "  # noqa: F821

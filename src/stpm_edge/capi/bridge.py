@@ -4,7 +4,7 @@
 stride, pixel format) before a call arrives here; this module owns the handle table, turns
 the caller's pixel buffer into a frame without copying it, runs the detector and fills the
 caller's structs. Every method returns an ``stpm_status`` and never raises: a failure sets
-the thread-local message through ``lib.stpm__set_error``.
+the thread-local message through the ``set_error`` the embedded init code hands in.
 
 Handles are numbers from a counter that never repeats, looked up in a dict, so a destroyed
 or made-up handle is an error, never a dangling pointer.
@@ -16,6 +16,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ PIXEL_FORMATS: dict[int, tuple[int, int | None]] = {
 }
 INFO_STRING = 128  # STPM_INFO_STRING
 FIRST_HANDLE = 0x5354_0001  # any non-zero start; handles only ever count up
+C_BACKENDS = (*BACKENDS, "torch")  # stpm_options.backend: open_backend's names, and torch for .pt
 
 
 @dataclass
@@ -47,10 +49,16 @@ class _Handle:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+def frame_bytes(width: int, height: int, stride: int, fmt: int) -> int:
+    """Bytes the frame spans: ``height - 1`` full rows, then the last row's pixels (no padding after it)."""
+    return stride * (height - 1) + width * PIXEL_FORMATS[fmt][0]
+
+
 def frame_view(buffer: Any, width: int, height: int, stride: int, fmt: int) -> np.ndarray:
-    """The caller's pixels as an ``HxWxC`` uint8 BGR array (a view for BGR8/GRAY8/BGRA8)."""
+    """The caller's pixels (a buffer of :func:`frame_bytes`) as an ``HxWxC`` uint8 BGR array
+    (a view for BGR8/GRAY8/BGRA8)."""
     channels, conversion = PIXEL_FORMATS[fmt]
-    flat = np.frombuffer(buffer, dtype=np.uint8, count=stride * (height - 1) + width * channels)
+    flat = np.frombuffer(buffer, dtype=np.uint8, count=frame_bytes(width, height, stride, fmt))
     view = np.lib.stride_tricks.as_strided(flat, (height, width, channels), (stride, channels, 1),
                                            writeable=False)
     if channels == 1:
@@ -63,16 +71,16 @@ def frame_view(buffer: Any, width: int, height: int, stride: int, fmt: int) -> n
 class Bridge:
     """One per process (the embedded module holds it); methods are the C entry points."""
 
-    def __init__(self, ffi: Any, lib: Any) -> None:
+    def __init__(self, ffi: Any, set_error: Callable[[str], None]) -> None:
         self.ffi = ffi
-        self.lib = lib
+        self._set_error = set_error  # the embedded init code's: one-line, UTF-8, bounded
         self._handles: dict[int, _Handle] = {}
         self._table_lock = threading.Lock()
         self._ids = itertools.count(FIRST_HANDLE)
 
     # -- helpers --------------------------------------------------------------------------
     def fail(self, status: int, message: str) -> int:
-        self.lib.stpm__set_error(" ".join(message.split()).encode("utf-8", "replace")[:1000])
+        self._set_error(message)
         return status
 
     def _lookup(self, handle_id: int) -> _Handle | None:
@@ -84,9 +92,9 @@ class Bridge:
         where = "stpm_detector_create"
         path = os.fsdecode(self.ffi.string(path_c))
         backend = self.ffi.string(backend_c).decode("utf-8", "replace").strip().lower()
-        if backend not in (*BACKENDS, "torch"):
+        if backend not in C_BACKENDS:
             return self.fail(INVALID_ARGUMENT, f"{where}: unknown backend {backend!r} "
-                             f"(choose one of {', '.join((*BACKENDS, 'torch'))})")
+                             f"(choose one of {', '.join(C_BACKENDS)})")
         try:
             detector = Detector(path, backend=backend, threshold=None if math.isnan(threshold) else threshold,
                                 threads=int(threads) or None)
@@ -108,8 +116,7 @@ class Bridge:
         handle = self._lookup(handle_id)
         if handle is None:
             return self.fail(INVALID_HANDLE, f"{where}: unknown or destroyed detector handle")
-        channels = PIXEL_FORMATS[fmt][0]
-        buffer = self.ffi.buffer(pixels, stride * (height - 1) + width * channels)
+        buffer = self.ffi.buffer(pixels, frame_bytes(width, height, stride, fmt))
         with handle.lock:
             try:
                 start = time.perf_counter()
