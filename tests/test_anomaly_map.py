@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -61,3 +62,21 @@ def test_loss_is_the_sum_over_levels_of_mean_distances():
     expected = level_distance(t[0], s[0]).mean(dim=(1, 2, 3)) + level_distance(t[1], s[1]).mean(dim=(1, 2, 3))
     torch.testing.assert_close(per, expected)
     torch.testing.assert_close(stpm_loss(t, s), expected.mean())
+
+
+def test_blur_equals_the_one_channel_separable_convolution():
+    """The depthwise form is the textbook separable blur (zero padding, border-renormalised)."""
+    from stpm_edge.models.stpm.anomaly_map import gaussian_kernel1d
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 37, 53)
+    blur = GaussianBlur(2.5, (37, 53))
+    k = gaussian_kernel1d(2.5)
+    pad = (k.numel() - 1) // 2
+
+    def reference(m):
+        return F.conv2d(F.conv2d(m, k.view(1, 1, 1, -1), padding=(0, pad)), k.view(1, 1, -1, 1), padding=(pad, 0))
+
+    torch.testing.assert_close(blur(x), reference(x) / reference(torch.ones(1, 1, 37, 53)), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="expected"):
+        blur(torch.rand(1, 1, 53, 37))

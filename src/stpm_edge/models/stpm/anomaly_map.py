@@ -46,26 +46,39 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
 
 
 class GaussianBlur(nn.Module):
-    """Separable Gaussian blur as two fixed convolutions with zero padding, renormalised
-    at the borders (``blur(x) / blur(1)``), so a constant map stays constant everywhere.
+    """Separable Gaussian blur with zero padding, renormalised at the borders
+    (``blur(x) / blur(1)``), so a constant map stays constant everywhere.
 
     ``size`` (h, w) fixes the map size, so the border renormalisation is a constant
-    (no shape arithmetic in an exported graph)."""
+    (no shape arithmetic in an exported graph).
+
+    Each 1-D pass runs as a *depthwise* convolution with the map's rows as channels (the
+    vertical pass on the transposed map): the same arithmetic as a 1-channel convolution,
+    term for term, but backends vectorise depthwise kernels across channels and run
+    1-channel ones nearly scalar (ONNX Runtime CPU, 256×256 map: 0.27 ms against 1.07 ms;
+    1920×1080: 4.7 ms against 35 ms; measured in BENCHMARKS.md)."""
 
     def __init__(self, sigma: float, size: tuple[int, int]) -> None:
         super().__init__()
         k = gaussian_kernel1d(sigma)
         self.sigma = float(sigma)
+        self.size = (int(size[0]), int(size[1]))
         self.pad = (k.numel() - 1) // 2
-        self.register_buffer("kx", k.view(1, 1, 1, -1), persistent=False)
-        self.register_buffer("ky", k.view(1, 1, -1, 1), persistent=False)
-        self.register_buffer("inv_norm", 1.0 / self._conv(torch.ones(1, 1, *size)), persistent=False)
+        h, w = self.size
+        self.register_buffer("k_rows", k.view(1, 1, 1, -1).repeat(h, 1, 1, 1), persistent=False)
+        self.register_buffer("k_cols", k.view(1, 1, 1, -1).repeat(w, 1, 1, 1), persistent=False)
+        self.register_buffer("inv_norm", 1.0 / self._conv(torch.ones(1, 1, h, w)), persistent=False)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(x, self.kx, padding=(0, self.pad))
-        return F.conv2d(x, self.ky, padding=(self.pad, 0))
+        h, w = self.size
+        x = F.conv2d(x.reshape(-1, h, 1, w), self.k_rows, padding=(0, self.pad), groups=h)  # along each row
+        x = x.reshape(-1, 1, h, w).transpose(2, 3).reshape(-1, w, 1, h)
+        x = F.conv2d(x, self.k_cols, padding=(0, self.pad), groups=w)  # along each column
+        return x.reshape(-1, 1, w, h).transpose(2, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_tracing() and (tuple(x.shape[-2:]) != self.size or x.shape[1] != 1):
+            raise ValueError(f"GaussianBlur: expected (N, 1, {self.size[0]}, {self.size[1]}) maps, got {tuple(x.shape)}")
         return self._conv(x) * self.inv_norm
 
 
