@@ -351,3 +351,51 @@ def test_keep_float_auto_takes_the_first_rung_that_passes(exported: Path, monkey
         variants.write_int8_auto(exported, None, QuantizeOptions(), ("tensorrt", "cpu"), validate=lambda p: None)
     with pytest.raises(StpmError, match="needs --val"):
         variants.write_int8_auto(exported, None, QuantizeOptions(), ("tensorrt",), validate=None)
+
+
+def test_cpu_form_is_quantized_from_the_unstacked_trunks(int8_files: dict, exported: Path, small_model: Path,
+                                                         tmp_path: Path) -> None:
+    """ONNX Runtime's quantized grouped 1×1 convolutions are slow, so the cpu form is built from
+    teacher and student as separate trunks: the same numbers in FP32, no grouped pointwise
+    convolutions and no teacher/student slices left."""
+    import onnxruntime as ort
+
+    from stpm_edge.calibration.unstack import NotStacked, unstack
+
+    stacked = onnx.load(str(exported))
+    un = unstack(stacked)
+    inp = stacked.graph.input[0]
+    shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]  # (1, H, W, 3) uint8 frames
+    frames = {inp.name: (np.random.default_rng(0).random(shape) * 255).astype(np.uint8)}
+
+    def run(m: onnx.ModelProto) -> list[np.ndarray]:
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, frames)
+
+    for a, b in zip(run(stacked), run(un.model)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert all(len(halves) == 2 for halves in un.nodes.values()) and un.nodes
+    cpu = onnx.load(str(int8_files["cpu"]))
+    inits = {t.name: t for t in cpu.graph.initializer}
+    producer = {o: n for n in cpu.graph.node for o in n.output}
+
+    def weight_shape(conv):
+        w = conv.input[1]
+        while w not in inits:  # the weight's DequantizeLinear
+            w = producer[w].input[0]
+        return tuple(inits[w].dims)
+
+    trunk = [n for n in cpu.graph.node if n.name.startswith(TRUNK_SCOPE) and n.op_type in ("Conv", "Slice")]
+    assert trunk and not [n for n in trunk if n.op_type == "Slice"]
+    for conv in (n for n in trunk if n.op_type == "Conv"):
+        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+        assert group == 1 or weight_shape(conv)[1] == 1, (conv.name, group)  # dense or depthwise
+    assert {n.name.rsplit("/", 1)[-1] for n in trunk} == {"teacher", "student"}
+    # What the rewrite does not understand is refused (and quantize keeps the graph as exported).
+    odd = onnx.ModelProto()
+    odd.CopyFrom(stacked)
+    next(n for n in odd.graph.node if n.name.startswith(TRUNK_SCOPE) and n.op_type in ("Clip", "Relu")).op_type = "Softmax"
+    with pytest.raises(NotStacked, match="Softmax is not a stacked-trunk op"):
+        unstack(odd)
+    parallel = export_onnx(small_model, tmp_path, ExportConfig(frame_size=(128, 128), fusion="parallel")).onnx_path
+    with pytest.raises(NotStacked, match="parallel"):
+        unstack(onnx.load(str(parallel)))

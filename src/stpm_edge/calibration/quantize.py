@@ -1,6 +1,6 @@
-"""INT8 graphs with explicit Q/DQ, calibrated once through ONNX Runtime static quantization.
+"""INT8 graphs with explicit Q/DQ, calibrated through ONNX Runtime static quantization.
 
-Two forms are written from one calibration (same tensor ranges):
+Two forms are written from the same calibration images and method:
 
 * ``tensorrt`` (``model.int8.onnx``) — what TensorRT 8.5–11 consumes as explicit
   quantization: int8 activations and weights, all zero-points 0 (symmetric), per-channel
@@ -11,6 +11,10 @@ Two forms are written from one calibration (same tensor ranges):
 * ``cpu`` (``model.int8.cpu.onnx``) — ONNX Runtime's recommended x86 form (uint8
   activations with zero-points, int8 per-channel weights): ReLU/ReLU6 fold into the
   quantized convolutions and residual additions run as ``QLinearAdd``. Not for TensorRT.
+  A stacked export is quantized *unstacked* for this form (:mod:`.unstack`: the same
+  features, but teacher and student as separate trunks, because ONNX Runtime's quantized
+  grouped 1×1 convolutions are slow), so teacher and student get their own ranges;
+  precomputed (entropy) ranges of the stacked graph are given to both halves.
 
 Only the fused trunks are quantized (nodes under :data:`stpm_edge.export.graph.TRUNK_SCOPE`
 except the slices that split teacher from student); preprocessing and the STPM head stay
@@ -36,6 +40,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from stpm_edge.calibration.reader import CalibrationFrames, OrtReader
+from stpm_edge.calibration.unstack import NotStacked, unstack
 from stpm_edge.errors import StpmError, first_line
 from stpm_edge.export.graph import TRUNK_SCOPE
 
@@ -227,20 +232,51 @@ def quantize(fp32_path: Path, frames: CalibrationFrames, outputs: dict[str, Path
         for form, out in outputs.items():
             if form not in forms:
                 raise StpmError(f"INT8 form {form!r}: expected one of {', '.join(FORMS)}")
+            source, form_names, form_cache = Path(fp32_path), names, cache
+            if form == "cpu":
+                source, form_names, form_cache = _cpu_source(Path(fp32_path), model, names, cache, Path(tmp))
             reader.rewind()
-            kwargs = {"calibration_cache_path": str(cache)} if has_cache else {}
+            kwargs = {"calibration_cache_path": str(form_cache)} if has_cache else {}
             with _quiet_root_logger():
                 try:
                     q.quantize_static(
-                        str(fp32_path), str(out), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
+                        str(source), str(out), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
                         reduce_range=False, activation_type=forms[form]["activation_type"],
-                        weight_type=q.QuantType.QInt8, nodes_to_quantize=names, calibrate_method=_method(q, options.method),
+                        weight_type=q.QuantType.QInt8, nodes_to_quantize=form_names,
+                        calibrate_method=_method(q, options.method),
                         extra_options={**extra_common, **forms[form]["extra"]}, **kwargs)
                 except StpmError:
                     raise
                 except Exception as e:  # noqa: BLE001 - ORT raises many types
                     raise StpmError(f"INT8 quantization failed ({first_line(e)})") from e
     return QuantizeReport(names, keep, time.perf_counter() - t0)
+
+
+def _cpu_source(fp32_path: Path, model: onnx.ModelProto, names: list[str], cache: Path, tmp: Path
+                ) -> tuple[Path, list[str], Path]:
+    """What the ``cpu`` form is quantized from: the unstacked graph where the export is stacked
+    (ONNX Runtime's quantized grouped 1×1 convolutions are slow; see :mod:`.unstack`), with
+    the node list and any precomputed ranges mapped onto the two halves."""
+    try:
+        un = unstack(model)
+    except NotStacked as e:
+        logger.debug("cpu INT8 form from the graph as exported (%s)", e)
+        return fp32_path, names, cache
+    source = tmp / "unstacked.onnx"
+    onnx.save(un.model, str(source))
+    mapped = [h for n in names for h in un.nodes.get(n, (n,))]
+    if not cache.exists():
+        return source, mapped, cache
+    from onnxruntime.quantization.calibrate import TensorsData, load_tensors_data, save_tensors_data  # noqa: PLC0415
+
+    ranges = load_tensors_data(cache)
+    data = {}
+    for name, value in ranges.items():
+        for target in un.tensors.get(name, (name,)):  # each half keeps the stacked tensor's range
+            data[target] = value
+    form_cache = tmp / "ranges.unstacked.json"
+    save_tensors_data(TensorsData(ranges.calibration_method, data), form_cache)
+    return source, mapped, form_cache
 
 
 @contextlib.contextmanager
