@@ -399,3 +399,11 @@ def test_cpu_form_is_quantized_from_the_unstacked_trunks(int8_files: dict, expor
     parallel = export_onnx(small_model, tmp_path, ExportConfig(frame_size=(128, 128), fusion="parallel")).onnx_path
     with pytest.raises(NotStacked, match="parallel"):
         unstack(onnx.load(str(parallel)))
+
+
+def test_comparison_labels_tell_equal_file_names_apart() -> None:
+    from stpm_edge.cli.calibrate import model_labels
+
+    assert model_labels([Path("/r/a/model.onnx"), Path("/r/a/model.int8.cpu.onnx")]) == ["model.onnx", "model.int8.cpu.onnx"]
+    assert model_labels([Path("/r/a/model.onnx"), Path("/r/b/model.int8.cpu.onnx"), Path("/r/a/model.int8.cpu.onnx")]) \
+        == ["a/model.onnx", "b/model.int8.cpu.onnx", "a/model.int8.cpu.onnx"]

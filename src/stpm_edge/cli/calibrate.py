@@ -45,6 +45,17 @@ def parse_list(text: str | None, allowed: tuple[str, ...], option: str) -> tuple
     return items
 
 
+def model_labels(paths: list[Path]) -> list[str]:
+    """File names, with as many parent folders as it takes to tell equal names apart."""
+    depth = 1
+    while depth < max((len(p.parts) for p in paths), default=1):
+        labels = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(labels)) == len(set(paths)):
+            return labels
+        depth += 1
+    return [str(p) for p in paths]
+
+
 def comparison_table(rows: list, title: str) -> Table:
     table = Table(title=title, caption="image/pixel: AUROC; Δ: max abs deviation from the first row "
                   "(normalised units, 0.5 = threshold); ms per image")
@@ -52,8 +63,8 @@ def comparison_table(rows: list, title: str) -> Table:
     for col in ("prec", "image", "pixel", "PRO", "Δmap", "Δscore", "ms"):
         table.add_column(col, justify="left" if col == "prec" else "right", no_wrap=True)
     f = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    for r in rows:
-        table.add_row(Path(r.model).name, r.precision, f(r.image_auroc), f(r.pixel_auroc), f(r.pro),
+    for r, label in zip(rows, model_labels([Path(r.model) for r in rows])):
+        table.add_row(label, r.precision, f(r.image_auroc), f(r.pixel_auroc), f(r.pro),
                       f"{r.max_abs_map_diff:.3f}", f"{r.max_abs_score_diff:.3f}", f"{r.ms_per_image:.0f}")
     return table
 
