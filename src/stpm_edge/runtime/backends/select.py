@@ -173,7 +173,9 @@ def open_backend(path: str | Path, backend: str = "auto", threads: int | None = 
         if engine is not None and engine.sidecar is not None:
             env = probe_tensorrt()
     choice = choose_backend(path, req, engine=engine, trt=env)
-    logger.info("%s: %s backend (%s)", path.name, choice.kind, choice.reason)
+    # The ONNX Runtime backend logs its providers and why in its own line; say the choice once.
+    logger.log(logging.DEBUG if choice.kind == "onnxruntime" and choice.reason.endswith(" requested") else logging.INFO,
+               "%s: %s backend (%s)", path.name, choice.kind, choice.reason)
     return _open(choice, threads)
 
 
