@@ -17,7 +17,7 @@ from stpm_edge.errors import StpmError
 EXIT_ERROR = 1  # bad input or a failed operation (one-line message on stderr)
 EXIT_INTERRUPTED = 130
 
-F = TypeVar("F", bound=Callable[..., Any])
+F = TypeVar("F", bound="Callable[..., Any]")  # a string: collections.abc.Callable[...] needs Python 3.9
 console = Console(stderr=True)
 
 
