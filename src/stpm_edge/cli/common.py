@@ -35,10 +35,10 @@ def user_errors(prog: str) -> Callable[[F], F]:
             try:
                 return fn(*args, **kwargs)
             except StpmError as exc:
-                print(f"{prog}: {exc}", file=sys.stderr)
+                print(f"{prog}: {exc}", file=sys.stderr, flush=True)
                 raise typer.Exit(EXIT_ERROR) from None
             except KeyboardInterrupt:
-                print(f"{prog}: interrupted", file=sys.stderr)
+                print(f"{prog}: interrupted", file=sys.stderr, flush=True)
                 raise typer.Exit(EXIT_INTERRUPTED) from None
 
         return wrapper  # type: ignore[return-value]
