@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from typer.testing import CliRunner
+from _cli import CliRunner
 
 from stpm_edge.bench import memory
 from stpm_edge.bench.flops import count_model

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import cv2
-from typer.testing import CliRunner
+from _cli import CliRunner
 
 from stpm_edge.cli.app import app
 from stpm_edge.runtime.demo import (DemoConfig, build_demo, calibrated_threshold, demo_cache_dir, demo_plan,

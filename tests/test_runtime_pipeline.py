@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from _cli import CliRunner
 
 from stpm_edge.cli.app import app
 from stpm_edge.data.io import list_images, read_image_bgr

@@ -275,7 +275,7 @@ def test_engine_backend_rejects_wrong_files(tmp_path):
 
 
 def test_stpm_info_on_an_engine(tmp_path):
-    from typer.testing import CliRunner
+    from _cli import CliRunner
 
     from stpm_edge.cli.app import app
 

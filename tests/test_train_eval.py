@@ -39,7 +39,7 @@ def test_training_reduces_the_loss_and_the_model_scores_defects_higher(small_mod
 
 def test_student_learns_to_mimic_the_teacher(brick_data: Path, tmp_path: Path):
     out = tmp_path / "m.pt"
-    res = train(brick_data, out, TrainConfig(**SMALL_TRAIN | {"epochs": 4}))
+    res = train(brick_data, out, TrainConfig(**{**SMALL_TRAIN, "epochs": 4}))
     losses = [h.loss for h in res.history]
     assert losses[-1] < losses[0] * 0.8, losses
     assert res.history[-1].image_auroc is not None  # the test split is reported each epoch
@@ -52,7 +52,7 @@ def test_ctrl_c_keeps_the_last_good_checkpoint(brick_data: Path, tmp_path: Path)
         if log.epoch == 2:
             raise KeyboardInterrupt
 
-    res = train(brick_data, out, TrainConfig(**SMALL_TRAIN | {"epochs": 50}), on_epoch=interrupt)
+    res = train(brick_data, out, TrainConfig(**{**SMALL_TRAIN, "epochs": 50}), on_epoch=interrupt)
     assert res.stop_reason == "interrupted" and res.epochs_run == 2
     model, meta = load_checkpoint(out)  # finalised: thresholds measured on the best epoch
     assert meta.normalization is not None and meta.provenance["stop_reason"] == "interrupted"
@@ -71,15 +71,15 @@ def test_interrupt_before_first_epoch_writes_nothing(brick_data: Path, tmp_path:
 
 
 def test_early_stopping_and_time_budget(brick_data: Path, tmp_path: Path):
-    res = train(brick_data, tmp_path / "a.pt", TrainConfig(**SMALL_TRAIN | {"epochs": 50, "patience": 1, "lr": 1e-9}))
+    res = train(brick_data, tmp_path / "a.pt", TrainConfig(**{**SMALL_TRAIN, "epochs": 50, "patience": 1, "lr": 1e-9}))
     assert res.stop_reason.startswith("early stop") and res.epochs_run < 5
-    res = train(brick_data, tmp_path / "b.pt", TrainConfig(**SMALL_TRAIN | {"epochs": 50, "time_budget_min": 1e-4}))
+    res = train(brick_data, tmp_path / "b.pt", TrainConfig(**{**SMALL_TRAIN, "epochs": 50, "time_budget_min": 1e-4}))
     assert res.stop_reason.startswith("time budget") and res.epochs_run == 1
 
 
 def test_divergence_is_reported(brick_data: Path, tmp_path: Path):
     with pytest.raises(StpmError, match="diverged"):
-        train(brick_data, tmp_path / "x.pt", TrainConfig(**SMALL_TRAIN | {"lr": 1e12}))
+        train(brick_data, tmp_path / "x.pt", TrainConfig(**{**SMALL_TRAIN, "lr": 1e12}))
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -20,6 +20,7 @@ import gc
 import logging
 import tempfile
 import time
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,8 @@ from stpm_edge.runtime.backends.base import Backend, InputSpec
 
 logger = logging.getLogger(__name__)
 
-Status = Callable[[str, int, int], None]  # (text, rows done, rows total)
+# (text, rows done, rows total); typing's Callable: collections.abc's is subscriptable only from Python 3.9
+Status = typing.Callable[[str, int, int], None]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from stpm_edge.errors import StpmError
 EXIT_ERROR = 1  # bad input or a failed operation (one-line message on stderr)
 EXIT_INTERRUPTED = 130
 
-F = TypeVar("F", bound=Callable[..., Any])
+F = TypeVar("F", bound="Callable[..., Any]")  # a string: collections.abc.Callable[...] needs Python 3.9
 console = Console(stderr=True)
 
 
@@ -35,10 +35,10 @@ def user_errors(prog: str) -> Callable[[F], F]:
             try:
                 return fn(*args, **kwargs)
             except StpmError as exc:
-                print(f"{prog}: {exc}", file=sys.stderr)
+                print(f"{prog}: {exc}", file=sys.stderr, flush=True)
                 raise typer.Exit(EXIT_ERROR) from None
             except KeyboardInterrupt:
-                print(f"{prog}: interrupted", file=sys.stderr)
+                print(f"{prog}: interrupted", file=sys.stderr, flush=True)
                 raise typer.Exit(EXIT_INTERRUPTED) from None
 
         return wrapper  # type: ignore[return-value]
