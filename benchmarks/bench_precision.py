@@ -90,8 +90,8 @@ def main() -> None:
         rows = {k: {"ms_b1": round(v, 2), "speedup_vs_fp32": round(lat["fp32"] / v, 2)} for k, v in lat.items()}
         if args.checkpoint:
             for k, r in zip(files, compare_models(list(files.values()), load_dataset(args.data))):
-                rows[k] |= {"image_auroc": round(r.image_auroc, 4), "pixel_auroc": round(r.pixel_auroc, 4),
-                            "pro": round(r.pro, 4), "max_abs_map_diff": round(r.max_abs_map_diff, 4)}
+                rows[k].update({"image_auroc": round(r.image_auroc, 4), "pixel_auroc": round(r.pixel_auroc, 4),
+                            "pro": round(r.pro, 4), "max_abs_map_diff": round(r.max_abs_map_diff, 4)})
     result = {"model": str(args.checkpoint or f"{args.timing_only} (random init, timing only)"),
               "data": str(args.data), "method": args.method, "calib_images": calib_images,
               "machine": _cpu(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "onnxruntime": ort.__version__, "rows": rows}

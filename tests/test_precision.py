@@ -407,3 +407,24 @@ def test_comparison_labels_tell_equal_file_names_apart() -> None:
     assert model_labels([Path("/r/a/model.onnx"), Path("/r/a/model.int8.cpu.onnx")]) == ["model.onnx", "model.int8.cpu.onnx"]
     assert model_labels([Path("/r/a/model.onnx"), Path("/r/b/model.int8.cpu.onnx"), Path("/r/a/model.int8.cpu.onnx")]) \
         == ["a/model.onnx", "b/model.int8.cpu.onnx", "a/model.int8.cpu.onnx"]
+
+
+def test_activation_inputs_take_the_activations_quantization(int8_files: dict) -> None:
+    """ONNX Runtime <= 1.19 (Python 3.8, JetPack 5) quantizes a convolution's output on its raw
+    range when activations are symmetric, though TensorRT fuses it with the ReLU6 after it;
+    ``align_activation_inputs`` gives it the activation's scale, as ONNX Runtime >= 1.20 does."""
+    from stpm_edge.calibration.quantize import align_activation_inputs
+
+    model = onnx.load(str(int8_files["tensorrt"]))
+    assert align_activation_inputs(model) == 0  # this onnxruntime did it already
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    clips = [n for n in model.graph.node if n.op_type in ("Clip", "Relu")
+             and getattr(producer.get(n.input[0]), "op_type", "") == "DequantizeLinear"]
+    assert clips
+    # what onnxruntime 1.19 writes: the input's scale from the raw convolution, 5x coarser
+    scale_in = producer[producer[clips[0].input[0]].input[0]].input[1]
+    good = numpy_helper.to_array(inits[scale_in]).copy()
+    inits[scale_in].CopyFrom(numpy_helper.from_array(good * 5, scale_in))
+    assert align_activation_inputs(model) == 1
+    np.testing.assert_array_equal(numpy_helper.to_array({t.name: t for t in model.graph.initializer}[scale_in]), good)
