@@ -428,3 +428,19 @@ def test_activation_inputs_take_the_activations_quantization(int8_files: dict) -
     inits[scale_in].CopyFrom(numpy_helper.from_array(good * 5, scale_in))
     assert align_activation_inputs(model) == 1
     np.testing.assert_array_equal(numpy_helper.to_array({t.name: t for t in model.graph.initializer}[scale_in]), good)
+
+
+def test_cpu_form_does_not_depend_on_which_forms_are_written(int8_files: dict, exported: Path, brick_data: Path,
+                                                             tmp_path: Path) -> None:
+    """The cpu form calibrates its unstacked graph itself: written alone it is the same file as
+    written after the TensorRT form (whose calibration cache it must not pick up)."""
+    work = tmp_path / "m"
+    work.mkdir()
+    shutil.copy(exported, work / "model.onnx")
+    shutil.copy(exported.with_suffix(".json"), work / "model.json")
+    frames = CalibrationFrames.for_model(work / "model.onnx", brick_data, count=16, seed=0)
+    alone = write_int8(work / "model.onnx", frames, QuantizeOptions("percentile"), forms=("cpu",))
+    scales = lambda p: {t.name: numpy_helper.to_array(t).tolist() for t in onnx.load(str(p)).graph.initializer  # noqa: E731
+                        if t.name.endswith("_scale")}
+    both, one = scales(int8_files["cpu"]), scales(alone.files["cpu"].onnx_path)
+    assert both and both == one

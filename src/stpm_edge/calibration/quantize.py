@@ -13,8 +13,8 @@ Two forms are written from the same calibration images and method:
   quantized convolutions and residual additions run as ``QLinearAdd``. Not for TensorRT.
   A stacked export is quantized *unstacked* for this form (:mod:`.unstack`: the same
   features, but teacher and student as separate trunks, because ONNX Runtime's quantized
-  grouped 1×1 convolutions are slow), so teacher and student get their own ranges;
-  precomputed (entropy) ranges of the stacked graph are given to both halves.
+  grouped 1×1 convolutions are slow), calibrated on its own, so teacher and student get
+  their own ranges; precomputed (entropy) ranges of the stacked graph go to both halves.
 
 Only the fused trunks are quantized (nodes under :data:`stpm_edge.export.graph.TRUNK_SCOPE`
 except the slices that split teacher from student); preprocessing and the STPM head stay
@@ -229,12 +229,14 @@ def quantize(fp32_path: Path, frames: CalibrationFrames, outputs: dict[str, Path
             else:
                 logger.warning("this onnxruntime cannot take precomputed ranges: its entropy calibration "
                                "degenerates to the full range (minmax); upgrade onnxruntime for real entropy ranges")
+        precomputed = cache.exists()  # entropy ranges; otherwise the first form's calibration writes the cache
         for form, out in outputs.items():
             if form not in forms:
                 raise StpmError(f"INT8 form {form!r}: expected one of {', '.join(FORMS)}")
             source, form_names, form_cache = Path(fp32_path), names, cache
             if form == "cpu":
-                source, form_names, form_cache = _cpu_source(Path(fp32_path), model, names, cache, Path(tmp))
+                source, form_names, form_cache = _cpu_source(Path(fp32_path), model, names, cache, precomputed,
+                                                             Path(tmp))
             reader.rewind()
             kwargs = {"calibration_cache_path": str(form_cache)} if has_cache else {}
             with _quiet_root_logger():
@@ -299,11 +301,14 @@ def align_activation_inputs(model: onnx.ModelProto) -> int:
     return changed
 
 
-def _cpu_source(fp32_path: Path, model: onnx.ModelProto, names: list[str], cache: Path, tmp: Path
-                ) -> tuple[Path, list[str], Path]:
+def _cpu_source(fp32_path: Path, model: onnx.ModelProto, names: list[str], cache: Path, precomputed: bool,
+                tmp: Path) -> tuple[Path, list[str], Path]:
     """What the ``cpu`` form is quantized from: the unstacked graph where the export is stacked
-    (ONNX Runtime's quantized grouped 1×1 convolutions are slow; see :mod:`.unstack`), with
-    the node list and any precomputed ranges mapped onto the two halves."""
+    (ONNX Runtime's quantized grouped 1×1 convolutions are slow; see :mod:`.unstack`), with the
+    node list mapped onto the two halves, and the ranges cache to use. The unstacked graph is
+    calibrated on its own (teacher and student get their own ranges, whichever form runs
+    first), except for ``precomputed`` (entropy) ranges, which each half takes from the
+    stacked tensor instead of a second KL search."""
     try:
         un = unstack(model)
     except NotStacked as e:
@@ -312,8 +317,9 @@ def _cpu_source(fp32_path: Path, model: onnx.ModelProto, names: list[str], cache
     source = tmp / "unstacked.onnx"
     onnx.save(un.model, str(source))
     mapped = [h for n in names for h in un.nodes.get(n, (n,))]
-    if not cache.exists():
-        return source, mapped, cache
+    form_cache = tmp / "ranges.unstacked.json"
+    if not precomputed:
+        return source, mapped, form_cache
     from onnxruntime.quantization.calibrate import TensorsData, load_tensors_data, save_tensors_data  # noqa: PLC0415
 
     ranges = load_tensors_data(cache)
@@ -321,7 +327,6 @@ def _cpu_source(fp32_path: Path, model: onnx.ModelProto, names: list[str], cache
     for name, value in ranges.items():
         for target in un.tensors.get(name, (name,)):  # each half keeps the stacked tensor's range
             data[target] = value
-    form_cache = tmp / "ranges.unstacked.json"
     save_tensors_data(TensorsData(ranges.calibration_method, data), form_cache)
     return source, mapped, form_cache
 
