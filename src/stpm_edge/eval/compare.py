@@ -7,6 +7,7 @@ tolerance alone (what Polygraphy or trtexec check) says nothing about missed def
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -19,6 +20,8 @@ from stpm_edge.errors import StpmError
 from stpm_edge.eval.evaluate import EvalSet, load_test, score_test
 from stpm_edge.runtime.backends.base import Backend
 from stpm_edge.runtime.frames import to_model_input
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,7 +86,23 @@ def compare_models(paths: Sequence[Path], dataset: Dataset, device: str = "cpu",
     if not dataset.has_test:
         raise StpmError(f"{dataset.root}: no test split with good and defective images to compare on")
     test = load_test(dataset.test, progress)
-    backends = [open_backend(p, device) for p in paths]
+    # One line for all of them, not one or two per (often temporary) file; -v shows each.
+    backend_log = logging.getLogger("stpm_edge.runtime.backends")
+    level = backend_log.level
+    if not backend_log.isEnabledFor(logging.DEBUG):
+        backend_log.setLevel(logging.WARNING)
+    try:
+        backends = []
+        for p in paths:
+            backends.append(open_backend(p, device))
+    except BaseException:
+        for b in backends:
+            b.close()
+        raise
+    finally:
+        backend_log.setLevel(level)
+    logger.info("comparing %d models on %s (%s requested)", len(backends),
+                "; ".join(dict.fromkeys(b.describe() for b in backends)), device)
     try:
         return compare_backends(backends, [str(p) for p in paths], test, batch_size, progress)
     finally:

@@ -55,8 +55,8 @@ class GaussianBlur(nn.Module):
     Each 1-D pass runs as a *depthwise* convolution with the map's rows as channels (the
     vertical pass on the transposed map): the same arithmetic as a 1-channel convolution,
     term for term, but backends vectorise depthwise kernels across channels and run
-    1-channel ones nearly scalar (ONNX Runtime CPU, 256×256 map: 0.27 ms against 1.07 ms;
-    1920×1080: 4.7 ms against 35 ms; measured in BENCHMARKS.md)."""
+    1-channel ones nearly scalar (ONNX Runtime CPU, machine B of BENCHMARKS.md: 0.44 against
+    2.12 ms for a 256×256 map, 5.3 against 37.1 ms at 1920×1080; benchmarks/bench_blur.py)."""
 
     def __init__(self, sigma: float, size: tuple[int, int]) -> None:
         super().__init__()
