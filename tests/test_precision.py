@@ -444,3 +444,16 @@ def test_cpu_form_does_not_depend_on_which_forms_are_written(int8_files: dict, e
                         if t.name.endswith("_scale")}
     both, one = scales(int8_files["cpu"]), scales(alone.files["cpu"].onnx_path)
     assert both and both == one
+
+
+def test_cli_int8_without_val_says_accuracy_was_not_checked(exported: Path, brick_data: Path, tmp_path: Path) -> None:
+    shutil.copy(exported, tmp_path / "model.onnx")
+    shutil.copy(exported.with_suffix(".json"), tmp_path / "model.json")
+    r = _cli("calibrate", str(tmp_path / "model.onnx"), "--calib", str(brick_data), "--calib-count", "8",
+             "--int8-forms", "cpu")
+    assert r.returncode == 0, r.stderr
+    note = " ".join(r.stderr.split())
+    assert "accuracy not checked" in note and f"--val {brick_data} --max-auroc-drop 0.5" in note
+    r = _cli("calibrate", str(tmp_path / "model.onnx"), "--calib", str(brick_data), "--calib-count", "8",
+             "--int8-forms", "cpu", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["accuracy_checked"] is False

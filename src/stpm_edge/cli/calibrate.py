@@ -108,6 +108,7 @@ def int8_step(fp32_path: Path, calib: Optional[Path], *, count: int, seed: int, 
         "method": method, "calib_images": result.calib_images, "quantized_nodes": result.quantized_nodes,
         "keep_float": list(result.keep_float), "float_nodes": result.float_convs, "seconds": round(result.seconds, 1),
     }
+    summary["accuracy_checked"] = bool(result.comparison)
     if result.comparison:
         summary["comparison"] = [r.to_dict() for r in result.comparison]
         summary["gate"] = {"passed": result.verdict.passed, "message": result.verdict.message,
@@ -121,7 +122,17 @@ def int8_step(fp32_path: Path, calib: Optional[Path], *, count: int, seed: int, 
             console.print(comparison_table(result.comparison, f"INT8 vs FP32 on {val}"))
             if max_drop is not None:
                 console.print(result.verdict.message, highlight=False)
+        else:
+            console.print(unchecked_note(fp32_path, calib), style="yellow", highlight=False)
     return summary
+
+
+def unchecked_note(fp32_path: Path, calib: Path) -> str:
+    """What to say when INT8 was written without an accuracy check."""
+    data = str(calib) if (calib / "test").is_dir() else "DATA"
+    return (f"accuracy not checked: INT8 can lose accuracy without any error (on one sample model the TensorRT "
+            f"form lost 18 pt image AUROC). Compare it with FP32: stpm-eval {fp32_path} {data} --variants, or "
+            f"gate it: --val {data} --max-auroc-drop 0.5")
 
 
 @user_errors("stpm-calibrate")
