@@ -270,10 +270,7 @@ def align_activation_inputs(model: onnx.ModelProto) -> int:
     """
     inits = {t.name: t for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = _consumers(model)
     changed = 0
     for node in model.graph.node:
         if node.op_type not in ("Clip", "Relu") or not node.input:

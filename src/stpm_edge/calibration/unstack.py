@@ -73,9 +73,7 @@ def unstack(model: onnx.ModelProto) -> Unstacked:
     node_map: dict[str, tuple[str, str]] = {}
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
-    dropped_inits: set[str] = set()
-
-    split_done: dict[str, tuple[str, str]] = {}
+    split_done: dict[str, tuple[str, str]] = {}  # a split initializer → its halves
 
     def split_init(name: str, what: str) -> tuple[str, str]:
         if name in split_done:  # one initializer can feed several nodes
@@ -85,7 +83,6 @@ def unstack(model: onnx.ModelProto) -> Unstacked:
             raise NotStacked(f"{what}: {name!r} is not an initializer")
         if arr.shape[0] % 2:
             raise NotStacked(f"{what}: {name!r} has an odd first dimension {arr.shape}")
-        dropped_inits.add(name)
         c = arr.shape[0] // 2
         names = []
         for half, part in zip(HALVES, (arr[:c], arr[c:])):
@@ -160,7 +157,7 @@ def unstack(model: onnx.ModelProto) -> Unstacked:
     del out.graph.node[:]
     out.graph.node.extend(new_nodes)
     used = {i for n in new_nodes for i in n.input} | {o.name for o in model.graph.output}
-    kept = [i for i in model.graph.initializer if i.name not in dropped_inits and i.name in used]
+    kept = [i for i in model.graph.initializer if i.name not in split_done and i.name in used]
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept + new_inits)
     gone = set(halves) | set(rename)
