@@ -457,3 +457,14 @@ def test_cli_int8_without_val_says_accuracy_was_not_checked(exported: Path, bric
     r = _cli("calibrate", str(tmp_path / "model.onnx"), "--calib", str(brick_data), "--calib-count", "8",
              "--int8-forms", "cpu", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["accuracy_checked"] is False
+
+
+def test_unstack_refuses_a_graph_that_does_not_check(exported: Path) -> None:
+    """A graph the rewrite cannot vouch for is NotStacked (quantize then keeps it as exported), never a traceback."""
+    from stpm_edge.calibration.unstack import NotStacked, unstack
+
+    broken = onnx.load(str(exported))
+    conv = next(n for n in broken.graph.node if n.name.startswith(TRUNK_SCOPE) and n.op_type == "Conv")
+    conv.attribute.append(onnx.helper.make_attribute("no_such_attribute", 1))
+    with pytest.raises(NotStacked):
+        unstack(broken)

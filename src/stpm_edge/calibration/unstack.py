@@ -167,13 +167,19 @@ def unstack(model: onnx.ModelProto) -> Unstacked:
     live = [n for n in out.graph.node if not (n.op_type == "Constant" and n.output[0] not in used)]
     del out.graph.node[:]
     out.graph.node.extend(live)
-    onnx.checker.check_model(out)
+    try:
+        onnx.checker.check_model(out)
+    except onnx.checker.ValidationError as e:
+        raise NotStacked(f"the unstacked graph does not check ({str(e).splitlines()[0]})") from e
     return Unstacked(out, node_map, halves)
 
 
 def _channels(model: onnx.ModelProto) -> dict[str, int]:
     """Tensor → its channel count (dim 1), where shape inference knows it."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except onnx.shape_inference.InferenceError as e:
+        raise NotStacked(f"shape inference failed ({str(e).splitlines()[0]})") from e
     out = {}
     for v in list(inferred.graph.value_info) + list(inferred.graph.output):
         dims = v.type.tensor_type.shape.dim
