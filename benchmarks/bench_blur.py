@@ -1,5 +1,5 @@
 """The anomaly-map blur on ONNX Runtime CPU: the depthwise form of
-:class:`stpm_edge.models.stpm.anomaly_map.GaussianBlur` against the textbook 1-channel
+:class:`stpm_edge.models.stpm.head.GaussianBlur` against the textbook 1-channel
 separable convolution it replaced (same kernel, zero padding, border renormalisation).
 
     python benchmarks/bench_blur.py            # σ=4 (the default), maps 256², 512², 1920×1080
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_export import _median_ms  # noqa: E402
 
-from stpm_edge.models.stpm.anomaly_map import GaussianBlur, gaussian_kernel1d  # noqa: E402
+from stpm_edge.models.stpm.head import GaussianBlur, gaussian_kernel1d  # noqa: E402
 
 
 class OneChannelBlur(torch.nn.Module):

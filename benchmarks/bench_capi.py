@@ -39,7 +39,7 @@ from bench_export import make_checkpoint  # noqa: E402
 
 from stpm_edge import __version__  # noqa: E402
 from stpm_edge.capi.build import build_library  # noqa: E402
-from stpm_edge.export.graph import ExportConfig  # noqa: E402
+from stpm_edge.models.deploy import ExportConfig  # noqa: E402
 from stpm_edge.export.onnx_export import export_onnx  # noqa: E402
 
 

@@ -21,19 +21,21 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from stpm_edge.export.graph import ExportConfig, ExportGraph
+from stpm_edge.models.deploy import ExportConfig, ExportGraph
 from stpm_edge.export.onnx_export import export_onnx
 from stpm_edge.models.backbones import get_spec
+from stpm_edge.data.preprocess import PreprocessSpec
 from stpm_edge.models.checkpoint import ModelMeta, Normalization, load_checkpoint, save_checkpoint
 from stpm_edge.models.stpm.model import STPM, STPMConfig
 
 
 def make_checkpoint(backbone: str, size: int, path: Path) -> Path:
     """Random student; ImageNet teacher for efficientnet_lite0 (offline), random for ResNets (timing only)."""
-    config = STPMConfig(backbone, (), (size, size), 4.0).resolved()
-    model = STPM.build(config, pretrained=backbone == "efficientnet_lite0", seed=0)
+    config = STPMConfig(backbone, (), 4.0).resolved()
+    image_size = (size, size)
+    model = STPM.build(config, image_size, pretrained=backbone == "efficientnet_lite0", seed=0)
     spec = get_spec(backbone)
-    save_checkpoint(path, model, ModelMeta(config, spec.mean, spec.std, normalization=Normalization(0.5, 0.2, 0.0)))
+    save_checkpoint(path, model, ModelMeta("stpm", config, PreprocessSpec(image_size, spec.mean, spec.std), normalization=Normalization(0.5, 0.2, 0.0)))
     return path
 
 
@@ -51,7 +53,7 @@ def bench(backbone: str, size: int, rounds: int, per_round: int) -> dict:
         ckpt = make_checkpoint(backbone, size, Path(tmp) / "m.pt")
         sessions = {}
         for fusion in ("stacked", "parallel"):
-            res = export_onnx(ckpt, Path(tmp) / fusion, ExportConfig(fusion=fusion))
+            res = export_onnx(ckpt, Path(tmp) / fusion, ExportConfig(method_options={"fusion": fusion}))
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             sessions[fusion] = ort.InferenceSession(str(res.onnx_path), opts, providers=["CPUExecutionProvider"])

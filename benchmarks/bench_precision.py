@@ -30,7 +30,7 @@ from stpm_edge.calibration.quantize import QuantizeOptions  # noqa: E402
 from stpm_edge.calibration.reader import CalibrationFrames  # noqa: E402
 from stpm_edge.data.mvtec import load_dataset  # noqa: E402
 from stpm_edge.eval.compare import compare_models  # noqa: E402
-from stpm_edge.export.graph import ExportConfig  # noqa: E402
+from stpm_edge.models.deploy import ExportConfig  # noqa: E402
 from stpm_edge.export.onnx_export import export_onnx  # noqa: E402
 from stpm_edge.export.variants import write_fp16, write_int8  # noqa: E402
 

@@ -36,9 +36,9 @@ import onnxruntime as ort
 
 from stpm_edge import __version__
 from stpm_edge.runtime import Detector
-from stpm_edge.runtime.outputs import VideoSink
-from stpm_edge.runtime.pipeline import Pipeline, PipelineConfig
-from stpm_edge.runtime.sources import LiveSource, ReconnectPolicy, open_source, parse_uri
+from stpm_edge.apps.run.outputs import VideoSink
+from stpm_edge.apps.run.pipeline import Pipeline, PipelineConfig
+from stpm_edge.apps.run.sources import LiveSource, ReconnectPolicy, open_source, parse_uri
 
 
 def read_frames(video: Path) -> list[np.ndarray]:
@@ -114,7 +114,7 @@ def machine() -> dict:
 
 
 def demo_assets() -> tuple[Path, Path]:
-    from stpm_edge.runtime.demo import DemoConfig, build_demo, demo_cache_dir
+    from stpm_edge.apps.demo import DemoConfig, build_demo, demo_cache_dir
 
     assets = build_demo(demo_cache_dir(), DemoConfig())
     return assets.model, assets.video

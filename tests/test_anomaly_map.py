@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stpm_edge.models.stpm.anomaly_map import AnomalyMapHead, GaussianBlur, l2_normalize, level_distance
+from stpm_edge.models.stpm.head import AnomalyMapHead, GaussianBlur, l2_normalize, level_distance
 from stpm_edge.models.stpm.loss import stpm_loss, stpm_loss_per_image
 
 
@@ -66,7 +66,7 @@ def test_loss_is_the_sum_over_levels_of_mean_distances():
 
 def test_blur_equals_the_one_channel_separable_convolution():
     """The depthwise form is the textbook separable blur (zero padding, border-renormalised)."""
-    from stpm_edge.models.stpm.anomaly_map import gaussian_kernel1d
+    from stpm_edge.models.stpm.head import gaussian_kernel1d
 
     torch.manual_seed(0)
     x = torch.rand(3, 1, 37, 53)

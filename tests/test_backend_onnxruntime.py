@@ -118,7 +118,7 @@ def one_line_error(excinfo: pytest.ExceptionInfo[StpmError]) -> str:
 def test_uint8_nhwc_dynamic_batch(tmp_path: Path) -> None:
     with open_cpu(build_model(tmp_path / "m.onnx")) as b:
         assert b.input_spec == InputSpec("frames", "uint8", "NHWC", "BGR", None, H, W)
-        assert b.metadata["threshold"] == 0.5 and b.metadata["format"] == "stpm-edge/onnx"
+        assert b.metadata.threshold == 0.5 and b.metadata.format == "stpm-edge/onnx"
         assert_matches(b, uint8_frames(3))
         assert_matches(b, uint8_frames(1, seed=1))
 
@@ -277,12 +277,12 @@ def test_choose_providers() -> None:
     assert choose_providers(gpu, "auto") == [CUDA, CPU]  # never TensorRT unless asked
     assert choose_providers(gpu, "cpu") == [CPU]
     assert choose_providers(gpu, "cuda") == [CUDA, CPU]
-    assert choose_providers(gpu, "tensorrt") == [TENSORRT, CUDA, CPU]
-    assert choose_providers(gpu, "TensorRT") == [TENSORRT, CUDA, CPU]
+    assert choose_providers(gpu, "ort-tensorrt") == [TENSORRT, CUDA, CPU]
+    assert choose_providers(gpu, "ORT-TensorRT") == [TENSORRT, CUDA, CPU]
     with pytest.raises(StpmError, match="CUDAExecutionProvider is not available"):
         choose_providers(cpu_only, "cuda")
     with pytest.raises(StpmError, match="TensorrtExecutionProvider is not available"):
-        choose_providers([CUDA, CPU], "tensorrt")
+        choose_providers([CUDA, CPU], "ort-tensorrt")
     with pytest.raises(StpmError, match="unknown 'vulkan'"):
         choose_providers(gpu, "vulkan")
     assert CPU in available_providers()

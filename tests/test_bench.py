@@ -15,7 +15,7 @@ from stpm_edge.bench import memory
 from stpm_edge.bench.flops import count_model
 from stpm_edge.bench.machine import busy_warning, parse_cpuinfo
 from stpm_edge.bench.peak import Peak, peak_for
-from stpm_edge.bench.plan import Env, ModelFiles, Request, batch_note, plan
+from stpm_edge.bench.plan import Env, BenchFiles, Request, batch_note, plan
 from stpm_edge.bench.report import markdown, rich_tables
 from stpm_edge.bench.schema import check_report
 from stpm_edge.bench.stats import percentile, summarize
@@ -119,10 +119,10 @@ CPU_ENV = Env(cuda_gpu=None, ort_providers=("CPUExecutionProvider",), trt_proble
 GPU_ENV = Env(cuda_gpu="NVIDIA H100", ort_providers=("CPUExecutionProvider",), trt_problem="")
 
 
-def _files(**kw) -> ModelFiles:
+def _files(**kw) -> BenchFiles:
     d = dict(onnx=dict(ALL), engines={}, checkpoint=Path("m/model.pt"), model_batch=None)
     d.update(kw)
-    return ModelFiles(**d)
+    return BenchFiles(**d)
 
 
 def test_plan_cpu_lists_unavailable_with_reasons():
@@ -229,19 +229,21 @@ def tiny_export(tmp_path_factory, brick_data) -> Path:
     """A random-init efficientnet_lite0 STPM at 64 px, exported with a fixed batch of 1, + FP16 + both INT8 forms."""
     from stpm_edge.calibration.quantize import QuantizeOptions
     from stpm_edge.calibration.reader import CalibrationFrames
-    from stpm_edge.export.graph import ExportConfig
+    from stpm_edge.models.deploy import ExportConfig
     from stpm_edge.export.onnx_export import export_onnx
     from stpm_edge.export.variants import write_fp16, write_int8
     from stpm_edge.models.backbones import get_spec
+    from stpm_edge.data.preprocess import PreprocessSpec
     from stpm_edge.models.checkpoint import ModelMeta, Normalization, save_checkpoint
     from stpm_edge.models.stpm.model import STPM, STPMConfig
 
     d = tmp_path_factory.mktemp("bench")
-    config = STPMConfig("efficientnet_lite0", (), (64, 64), 4.0).resolved()
+    config = STPMConfig("efficientnet_lite0", (), 4.0).resolved()
+    image_size = (64, 64)
     spec = get_spec("efficientnet_lite0")
     ckpt = d / "model.pt"
-    save_checkpoint(ckpt, STPM.build(config, pretrained=False, seed=0),
-                    ModelMeta(config, spec.mean, spec.std, normalization=Normalization(0.5, 0.2, 0.0)))
+    save_checkpoint(ckpt, STPM.build(config, image_size, pretrained=False, seed=0),
+                    ModelMeta("stpm", config, PreprocessSpec(image_size, spec.mean, spec.std), normalization=Normalization(0.5, 0.2, 0.0)))
     onnx_path = export_onnx(ckpt, d, ExportConfig()).onnx_path
     write_fp16(onnx_path)
     write_int8(onnx_path, CalibrationFrames.for_model(onnx_path, brick_data, count=8), QuantizeOptions("minmax"))

@@ -16,7 +16,7 @@ import pytest
 from stpm_edge.capi import HEADER_PATH, bridge
 from stpm_edge.capi import build as capi_build
 from stpm_edge.errors import StpmError
-from stpm_edge.export.graph import ExportConfig
+from stpm_edge.models.deploy import ExportConfig
 from stpm_edge.export.onnx_export import export_onnx
 from stpm_edge.runtime import Detector
 from stpm_edge.runtime.detector import MAX_BOXES

@@ -9,7 +9,7 @@ import pytest
 
 from stpm_edge.data.io import list_images, read_image_bgr
 from stpm_edge.errors import StpmError
-from stpm_edge.export.graph import ExportConfig
+from stpm_edge.models.deploy import ExportConfig
 from stpm_edge.export.onnx_export import export_onnx
 from stpm_edge.runtime import Detector
 from stpm_edge.runtime.detector import boxes_from_mask, make_result, model_precision

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from stpm_edge.data.io import list_images, read_image_bgr
 from stpm_edge.data.preprocess import Preprocess
 from stpm_edge.errors import StpmError
-from stpm_edge.export.fusion import ParallelTrunks, StackedTrunks
-from stpm_edge.export.graph import ExportConfig
-from stpm_edge.export.onnx_export import export_onnx, read_onnx_metadata
+from stpm_edge.models.stpm.fusion import ParallelTrunks, StackedTrunks
+from stpm_edge.models.deploy import ExportConfig
+from stpm_edge.artifact import read_onnx_metadata
+from stpm_edge.export.onnx_export import export_onnx
 from stpm_edge.export.trt_ops import TRT85_SUPPORTED_OPS
 from stpm_edge.models.backbones import create_backbone
 from stpm_edge.models.checkpoint import file_sha256, load_checkpoint
@@ -50,8 +51,8 @@ def _reference(model_path: Path, frames: np.ndarray, out_size: tuple[int, int] |
 @pytest.mark.parametrize("fusion", ["stacked", "parallel"])
 @pytest.mark.parametrize("input_mode", ["uint8-bgr", "float-rgb"])
 def test_onnxruntime_matches_pytorch(small_model, brick_data, tmp_path, fusion, input_mode):
-    res = export_onnx(small_model, tmp_path / "dyn", ExportConfig(input=input_mode, fusion=fusion, dynamic_batch=True))
-    fixed = export_onnx(small_model, tmp_path / "b1", ExportConfig(input=input_mode, fusion=fusion))
+    res = export_onnx(small_model, tmp_path / "dyn", ExportConfig(input=input_mode, method_options={"fusion": fusion}, dynamic_batch=True))
+    fixed = export_onnx(small_model, tmp_path / "b1", ExportConfig(input=input_mode, method_options={"fusion": fusion}))
     frames = _frames(brick_data, 3, (96, 96))
     ref_map, ref_score = _reference(small_model, frames)
     _, meta = load_checkpoint(small_model)
@@ -73,7 +74,7 @@ def test_onnxruntime_matches_pytorch(small_model, brick_data, tmp_path, fusion, 
 def test_non_square_frames_are_resized_in_graph(small_model, brick_data, tmp_path):
     frames = _frames(brick_data, 2, (72, 120))  # H=72, W=120
     res = export_onnx(small_model, tmp_path, ExportConfig(frame_size=(72, 120), map_size="frame", dynamic_batch=True))
-    assert res.metadata["input"]["shape"] == ["N", 72, 120, 3]
+    assert res.metadata.input.to_dict()["shape"] == ["N", 72, 120, 3]
     ref_map, ref_score = _reference(small_model, frames, out_size=(72, 120))
     with OnnxRuntimeBackend(res.onnx_path, providers="cpu") as backend:
         amap, score = backend.infer(frames)
@@ -94,7 +95,7 @@ def test_stacked_trunk_computes_the_same_features_as_two_branches():
 
 def test_graph_is_clean_and_tensorrt_85_parseable(small_model, tmp_path):
     for cfg in (ExportConfig(), ExportConfig(fusion="parallel", dynamic_batch=True, frame_size=(120, 160))):
-        res = export_onnx(small_model, tmp_path / cfg.fusion, cfg)
+        res = export_onnx(small_model, tmp_path / cfg.method_options.get("fusion", "stacked"), cfg)
         model = onnx.load(res.onnx_path)
         onnx.checker.check_model(model, full_check=True)
         ops = {n.op_type for n in model.graph.node}
@@ -108,14 +109,15 @@ def test_graph_is_clean_and_tensorrt_85_parseable(small_model, tmp_path):
 def test_metadata_in_sidecar_and_graph(small_model, tmp_path):
     res = export_onnx(small_model, tmp_path, ExportConfig(blur=False))
     sidecar = json.loads(res.json_path.read_text())
-    assert sidecar == read_onnx_metadata(res.onnx_path) == res.metadata
+    assert sidecar == read_onnx_metadata(res.onnx_path).to_dict() == res.metadata.to_dict()
+    assert sidecar["lowp"] == {"fp16": ["/net/trunks/trunk/"], "int8": ["/net/trunks/trunk/"]} and sidecar["format_version"] == 2
     assert sidecar["input"] == {"name": "frames", "dtype": "uint8", "layout": "NHWC", "color": "BGR", "batch": 1,
                                 "height": 96, "width": 96, "shape": [1, 96, 96, 3]}
-    assert sidecar["threshold"] == 0.5 and sidecar["blur_sigma"] == 0.0
+    assert sidecar["threshold"] == 0.5 and sidecar["method"]["blur_sigma"] == 0.0
     assert sidecar["checkpoint"]["sha256"] == file_sha256(small_model)
     _, meta = load_checkpoint(small_model)
     assert sidecar["normalization"]["image_threshold"] == meta.normalization.image_threshold
-    assert sidecar["layers"] == list(meta.config.layers) and sidecar["versions"]["onnx"] == onnx.__version__
+    assert sidecar["method"]["layers"] == list(meta.config.layers) and sidecar["versions"]["onnx"] == onnx.__version__
 
 
 def test_bad_options_and_inputs(small_model, tmp_path):

@@ -22,7 +22,9 @@ from stpm_edge.data.io import read_image_bgr, write_image
 from stpm_edge.data.mvtec import load_dataset
 from stpm_edge.errors import StpmError
 from stpm_edge.eval.compare import GateVerdict, VariantResult, compare_models, gate
-from stpm_edge.export.graph import TRUNK_SCOPE, ExportConfig
+from stpm_edge.models.deploy import ExportConfig
+
+TRUNK_SCOPE = "/net/trunks/"  # STPM's low-precision regions (models/stpm/method.py low_precision)
 from stpm_edge.export.onnx_export import export_onnx
 from stpm_edge.export.precision import precision_of, to_fp16
 from stpm_edge.export.trt_ops import unsupported_ops
@@ -54,7 +56,7 @@ def test_fp16_trunks_half_head_float_io_unchanged(exported: Path) -> None:
     files = write_fp16(exported)
     fp32, half = onnx.load(str(exported)), onnx.load(str(files.onnx_path))
     assert precision_of(fp32) == "fp32" and precision_of(half) == "fp16"
-    assert files.metadata["precision"] == "fp16"
+    assert files.metadata.precision == "fp16"
     # I/O types are those of the FP32 graph.
     sig = lambda m: [(v.name, v.type.tensor_type.elem_type) for v in [*m.graph.input, *m.graph.output]]  # noqa: E731
     assert sig(half) == sig(fp32)
@@ -94,11 +96,11 @@ def test_fp16_head_underflow_in_numbers(exported: Path, brick_data: Path) -> Non
     # End to end: the all-FP16 graph (head included) vs the mixed one.
     import onnxruntime as ort
 
-    all16 = to_fp16(onnx.load(str(exported)), scope="")
+    all16 = to_fp16(onnx.load(str(exported)), None)
     frames = np.stack([read_image_bgr(p) for p in sorted((brick_data / "test" / "good").glob("*.png"))[:2]])
     run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
         None, {"frames": frames[:1]})[0]
-    ref, mixed, full = run(onnx.load(str(exported))), run(to_fp16(onnx.load(str(exported)))), run(all16)
+    ref, mixed, full = run(onnx.load(str(exported))), run(to_fp16(onnx.load(str(exported)), (TRUNK_SCOPE,))), run(all16)
     assert np.isfinite(full).all()
     assert np.abs(mixed - ref).max() <= np.abs(full - ref).max() + 0.05 * np.abs(ref).max()
 
@@ -137,21 +139,21 @@ def test_int8_accuracy_on_sample_data(int8_files: dict, exported: Path, brick_da
 
 def test_keep_float_edges(exported: Path) -> None:
     model = onnx.load(str(exported))
-    first, last = edge_convs(model, "first"), edge_convs(model, "last")
+    first, last = edge_convs(model, "first", (TRUNK_SCOPE,)), edge_convs(model, "last", (TRUNK_SCOPE,))
     assert len(first) == 1 and first[0].startswith(TRUNK_SCOPE) and last and not set(first) & set(last)
 
 
 def test_keep_float_a_trunk_module(exported: Path, brick_data: Path, tmp_path: Path) -> None:
-    from stpm_edge.calibration.quantize import module_nodes, nodes_to_quantize, trunk_modules
+    from stpm_edge.calibration.quantize import module_nodes, nodes_to_quantize, region_modules
 
     model = onnx.load(str(exported))
-    assert trunk_modules(model)[:2] == ["stem", "stages.0"]
-    stage0 = module_nodes(model, "stages.0")
-    names, keep = nodes_to_quantize(model, ("stages.0",))
+    assert region_modules(model, (TRUNK_SCOPE,))[:2] == ["stem", "stages.0"]
+    stage0 = module_nodes(model, "stages.0", (TRUNK_SCOPE,))
+    names, keep = nodes_to_quantize(model, (TRUNK_SCOPE,), ("stages.0",))
     assert stage0 and keep == stage0 and not set(names) & set(stage0)
-    assert module_nodes(model, "stages.0.0/conv_pw") == [n for n in stage0 if "/conv_pw/" in n]
+    assert module_nodes(model, "stages.0.0/conv_pw", (TRUNK_SCOPE,)) == [n for n in stage0 if "/conv_pw/" in n]
     with pytest.raises(StpmError, match=r"--keep-float stages\.9: no such part.*stem, stages\.0"):
-        nodes_to_quantize(model, ("stages.9",))
+        nodes_to_quantize(model, (TRUNK_SCOPE,), ("stages.9",))
     # written: the stage's convolutions keep float weights, the others are fed by DequantizeLinear
     work = tmp_path / "m"
     work.mkdir()
@@ -360,7 +362,7 @@ def test_cpu_form_is_quantized_from_the_unstacked_trunks(int8_files: dict, expor
     convolutions and no teacher/student slices left."""
     import onnxruntime as ort
 
-    from stpm_edge.calibration.unstack import NotStacked, unstack
+    from stpm_edge.models.stpm.unstack import NotStacked, unstack
 
     stacked = onnx.load(str(exported))
     un = unstack(stacked)
@@ -461,7 +463,7 @@ def test_cli_int8_without_val_says_accuracy_was_not_checked(exported: Path, bric
 
 def test_unstack_refuses_a_graph_that_does_not_check(exported: Path) -> None:
     """A graph the rewrite cannot vouch for is NotStacked (quantize then keeps it as exported), never a traceback."""
-    from stpm_edge.calibration.unstack import NotStacked, unstack
+    from stpm_edge.models.stpm.unstack import NotStacked, unstack
 
     broken = onnx.load(str(exported))
     conv = next(n for n in broken.graph.node if n.name.startswith(TRUNK_SCOPE) and n.op_type == "Conv")

@@ -9,7 +9,7 @@ import cv2
 from _cli import CliRunner
 
 from stpm_edge.cli.app import app
-from stpm_edge.runtime.demo import (DemoConfig, build_demo, calibrated_threshold, demo_cache_dir, demo_plan,
+from stpm_edge.apps.demo import (DemoConfig, build_demo, calibrated_threshold, demo_cache_dir, demo_plan,
                                     demo_report)
 
 TINY = ["--demo-image-size", "64", "--demo-budget", "1", "--demo-frames", "16"]

@@ -18,14 +18,14 @@ from _cli import CliRunner
 from stpm_edge.cli.app import app
 from stpm_edge.data.io import list_images, read_image_bgr
 from stpm_edge.errors import StpmError
-from stpm_edge.export.graph import ExportConfig
+from stpm_edge.models.deploy import ExportConfig
 from stpm_edge.export.onnx_export import export_onnx
 from stpm_edge.runtime import Detector
-from stpm_edge.runtime.outputs import (EventSink, Rendered, Sink, VideoSink, display_available, event_record,
+from stpm_edge.apps.run.outputs import (EventSink, Rendered, Sink, VideoSink, display_available, event_record,
                                        gui_available, output_kind)
-from stpm_edge.runtime.pipeline import Pipeline, PipelineConfig
-from stpm_edge.runtime.sources import LiveSource, ReconnectPolicy, open_source, parse_uri
-from stpm_edge.runtime.stats import LatencyStats, is_rss_mark
+from stpm_edge.apps.run.pipeline import Pipeline, PipelineConfig
+from stpm_edge.apps.run.sources import LiveSource, ReconnectPolicy, open_source, parse_uri
+from stpm_edge.apps.run.stats import LatencyStats, is_rss_mark
 
 N_FRAMES = 22
 DEFECT_FRAMES = (4, 11, 17)
@@ -119,7 +119,7 @@ def test_headless_run_flags_exactly_the_defect_frames(model, line_video, thresho
 def test_batch_and_image_folder_output_give_the_same_verdicts(model, line_video, threshold, tmp_path):
     ng: list[int] = []
     with Detector(model, threshold=threshold) as det, open_source(str(line_video)) as src:
-        from stpm_edge.runtime.outputs import ImageFolderSink
+        from stpm_edge.apps.run.outputs import ImageFolderSink
 
         sinks = [ImageFolderSink(tmp_path / "frames")]
         s = Pipeline(det, src, sinks, PipelineConfig(batch=3, hud=False),

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from stpm_edge.errors import StpmError
-from stpm_edge.runtime.sources import (ImageFolderSource, LiveSource, ReconnectPolicy, SourceOptions, Status,
+from stpm_edge.apps.run.sources import (ImageFolderSource, LiveSource, ReconnectPolicy, SourceOptions, Status,
                                        VideoFileSource, capture_plan, make_source, open_source, parse_uri)
-from stpm_edge.runtime.sources.gstreamer import (APPSINK, complete_pipeline, csi_pipeline, ffmpeg_capture_options,
+from stpm_edge.apps.run.sources.gstreamer import (APPSINK, complete_pipeline, csi_pipeline, ffmpeg_capture_options,
                                                  gstreamer_available, rtsp_pipeline)
 
 

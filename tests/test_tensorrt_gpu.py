@@ -43,7 +43,7 @@ def trt_env():
 def exported(trt_env, small_model, brick_data, tmp_path_factory):
     """model.onnx (+ fp16 + int8 Q/DQ) with a fixed batch of 1 and with a dynamic batch."""
     from stpm_edge.calibration.reader import CalibrationFrames
-    from stpm_edge.export.graph import ExportConfig
+    from stpm_edge.models.deploy import ExportConfig
     from stpm_edge.export.onnx_export import export_onnx
     from stpm_edge.export.variants import write_fp16, write_int8
 

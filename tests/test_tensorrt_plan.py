@@ -330,7 +330,7 @@ def test_keep_fp32(name, ltype, ins, outs, keep):
 
 
 def test_trunk_prefix_is_the_exporters_scope():
-    from stpm_edge.export.graph import TRUNK_SCOPE
+    from stpm_edge.models.deploy import TRUNK_SCOPE
 
     assert TRUNK_PREFIXES == (TRUNK_SCOPE,)
 

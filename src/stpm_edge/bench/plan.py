@@ -1,6 +1,6 @@
 """Which backend × precision × device × batch combinations run, and why the others cannot.
 
-A pure function of what was found (:class:`ModelFiles`, :class:`Env`) and what was asked
+A pure function of what was found (:class:`BenchFiles`, :class:`Env`) and what was asked
 (:class:`Request`), so every decision has a unit test without a GPU. Decisions:
 
 * **torch** (the PyTorch eager reference of the checkpoint): FP32 on every device (the memory
@@ -33,7 +33,7 @@ CUDA_EP = "CUDAExecutionProvider"
 
 
 @dataclass(frozen=True)
-class ModelFiles:
+class BenchFiles:
     """What was found for one model: ONNX variants (key as in ``ONNX_VARIANTS``), engines by
     precision, the checkpoint (or why not), the export's fixed batch (None: dynamic)."""
 
@@ -139,7 +139,7 @@ def batch_note(model_batch: int | None, batch: int) -> str:
     return f"padded to the export's fixed batch {model_batch} (export with --dynamic-batch)"
 
 
-def _torch_rows(files: ModelFiles, device: str, precisions: Sequence[str], graphs: bool
+def _torch_rows(files: BenchFiles, device: str, precisions: Sequence[str], graphs: bool
                 ) -> tuple[list[tuple[str, bool]], list[Skip]]:
     if files.checkpoint is None:
         return [], [Skip("torch", files.checkpoint_problem or "no checkpoint for the PyTorch reference",
@@ -160,7 +160,7 @@ def _torch_rows(files: ModelFiles, device: str, precisions: Sequence[str], graph
     return rows, skips
 
 
-def plan(files: ModelFiles, env: Env, req: Request) -> tuple[list[Combo], list[Skip]]:
+def plan(files: BenchFiles, env: Env, req: Request) -> tuple[list[Combo], list[Skip]]:
     """The combinations to run (grouped by loaded backend, batches innermost) and the skips."""
     devices, skips = resolve_devices(req.devices, env)
     combos: list[Combo] = []

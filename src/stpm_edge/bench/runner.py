@@ -290,8 +290,8 @@ def run_bench(cfg: BenchConfig, status: Status = lambda text, done, total: None)
         "command": None,  # filled in by the CLI
         "model": {"path": str(model), "exported_to": None if exported_to is None or tmp is not None
                   else str(exported_to), "checkpoint": None if files.checkpoint is None else str(files.checkpoint),
-                  "arch": meta.get("arch"), "backbone": meta.get("backbone"), "input": meta.get("input"),
-                  "fusion": meta.get("fusion"), "model_batch": files.model_batch,
+                  "arch": meta.arch, "backbone": meta.method.get("backbone"), "input": meta.input.to_dict(),
+                  "fusion": meta.method.get("fusion"), "model_batch": files.model_batch,
                   "files": {**{k: str(v) for k, v in files.onnx.items()},
                             **{f"engine.{k}": str(v) for k, v in files.engines.items()}},
                   "flops": None if flop is None else flop.to_dict()},

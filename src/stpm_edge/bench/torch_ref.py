@@ -1,6 +1,6 @@
 """The PyTorch eager reference of a checkpoint, in the forms ``stpm-bench`` times.
 
-It runs the very module the exporter traces (:class:`stpm_edge.export.graph.ExportGraph`,
+It runs the very module the exporter traces (:class:`stpm_edge.models.deploy.ExportGraph`,
 dynamic batch), as :class:`stpm_edge.runtime.backends.torch.TorchBackend` does, plus what a
 benchmark needs on top: the memory format (contiguous or channels_last, chosen by timing),
 FP16 autocast on CUDA, and CUDA graphs (one captured graph per batch size, replayed with the
@@ -52,7 +52,7 @@ class TorchEager(Backend):
 
     def __init__(self, checkpoint: Path, device: str = "cpu", precision: str = "fp32", *, cuda_graph: bool = False,
                  memory_format: str = "auto", threads: int | None = None) -> None:
-        from stpm_edge.export.graph import ExportConfig, ExportGraph  # noqa: PLC0415
+        from stpm_edge.models.deploy import ExportConfig, ExportGraph  # noqa: PLC0415
         from stpm_edge.export.onnx_export import build_metadata  # noqa: PLC0415
         from stpm_edge.models.checkpoint import file_sha256, load_checkpoint  # noqa: PLC0415
 

@@ -11,17 +11,17 @@ Two forms are written from the same calibration images and method:
 * ``cpu`` (``model.int8.cpu.onnx``) — ONNX Runtime's recommended x86 form (uint8
   activations with zero-points, int8 per-channel weights): ReLU/ReLU6 fold into the
   quantized convolutions and residual additions run as ``QLinearAdd``. Not for TensorRT.
-  A stacked export is quantized *unstacked* for this form (:mod:`.unstack`: the same
-  features, but teacher and student as separate trunks, because ONNX Runtime's quantized
-  grouped 1×1 convolutions are slow), calibrated on its own, so teacher and student get
-  their own ranges; precomputed (entropy) ranges of the stacked graph go to both halves.
+  A method may rewrite the graph for this form first (its ``onnx_rewrites()["int8.cpu"]``;
+  STPM's splits its fused trunk in two, because ONNX Runtime's quantized grouped 1×1
+  convolutions are slow); the rewritten graph is calibrated on its own, and precomputed
+  (entropy) ranges of the original tensors go to the tensors the rewrite derived from them.
 
-Only the fused trunks are quantized (nodes under :data:`stpm_edge.export.graph.TRUNK_SCOPE`
-except the slices that split teacher from student); preprocessing and the STPM head stay
-float. ``keep_float`` leaves parts of the trunks in float, the remedy when INT8 loses
-accuracy: ``first`` / ``last`` (the convolutions at the trunks' input / feeding the head) or
-a module of the trunk by name (``stages.0``, ``stages.0.0/conv_pw``: every node under it). On
-the sample-trained efficientnet_lite0 of BENCHMARKS.md (machine B) the symmetric form lost
+Only the method's low-precision regions are quantized (the node-name scopes of the model's
+metadata, ``lowp.int8``), except slices at their border; preprocessing and the method's head
+stay float. ``keep_float`` leaves parts of the regions in float, the remedy when INT8 loses
+accuracy: ``first`` / ``last`` (the convolutions at the regions' input / feeding the head) or
+a module by name (``stages.0``, ``stages.0.0/conv_pw``: every node under it). On the
+sample-trained STPM efficientnet_lite0 of BENCHMARKS.md (machine B) the symmetric form lost
 18 pt image AUROC; ``stages.0`` alone, left float, brought it back to -1.5 pt.
 """
 from __future__ import annotations
@@ -39,10 +39,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from stpm_edge.artifact import ModelMetadata, parse_metadata
+from stpm_edge.artifact.metadata import in_scopes
 from stpm_edge.calibration.reader import CalibrationFrames, OrtReader
-from stpm_edge.calibration.unstack import NotStacked, unstack
 from stpm_edge.errors import StpmError, first_line
-from stpm_edge.export.graph import TRUNK_SCOPE
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ METHODS = ("minmax", "entropy", "percentile")
 FORMS = ("tensorrt", "cpu")
 KEEP_FLOAT = ("first", "last")
 FORM_SUFFIX = {"tensorrt": "", "cpu": ".cpu"}  # model.int8.onnx, model.int8.cpu.onnx
-_NOT_QUANTIZED = {"Slice"}  # the teacher/student split at the trunks' border
+_NOT_QUANTIZED = {"Slice"}  # splits of fused branches at a region's border
 # Entropy calibration as TensorRT's does it: 2048-bin histograms, the clipping threshold chosen by
 # KL divergence over int8's levels. ONNX Runtime's quantize_static cannot pass histogram sizes to
 # its calibrator, whose defaults (128 bins, 128 quantized bins) leave a single candidate, the full
@@ -94,9 +94,13 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return cons
 
 
-def edge_convs(model: onnx.ModelProto, which: str) -> list[str]:
-    """Names of the trunks' first convolution(s) or last convolution(s) feeding the head."""
-    trunk = [n for n in model.graph.node if n.name.startswith(TRUNK_SCOPE)]
+def metadata_of(model: onnx.ModelProto, where: object = "model") -> ModelMetadata:
+    return parse_metadata({p.key: p.value for p in model.metadata_props}, where)
+
+
+def edge_convs(model: onnx.ModelProto, which: str, scopes: Sequence[str]) -> list[str]:
+    """Names of the regions' first convolution(s) or last convolution(s) feeding the head."""
+    trunk = [n for n in model.graph.node if in_scopes(n.name, scopes)]
     producer = {o: n for n in trunk for o in n.output}
     if which == "first":
         inside = set(producer)
@@ -119,35 +123,38 @@ def edge_convs(model: onnx.ModelProto, which: str) -> list[str]:
     return found
 
 
-def trunk_modules(model: onnx.ModelProto) -> list[str]:
-    """The top-level modules of the trunks (``stem``, ``stages.0``, ``stages.1``, ... for every backbone), in graph order."""
+def region_modules(model: onnx.ModelProto, scopes: Sequence[str]) -> list[str]:
+    """The top-level modules of the regions (for every backbone: ``stem``, ``stages.0``, ``stages.1``, ...), in graph order."""
     found: list[str] = []
     for n in model.graph.node:
-        parts = n.name[len(TRUNK_SCOPE):].split("/") if n.name.startswith(TRUNK_SCOPE) else []
-        if len(parts) > 2 and parts[1] not in found:  # trunk/<module>/.../<op>
-            found.append(parts[1])
+        scope = next((s for s in scopes if n.name.startswith(s)), None)
+        parts = n.name[len(scope):].split("/") if scope else []
+        if len(parts) > 1 and parts[0] not in found:  # <module>/.../<op>
+            found.append(parts[0])
     return found
 
 
-def module_nodes(model: onnx.ModelProto, module: str) -> list[str]:
-    """Trunk nodes under the module ``module`` (a path of module names: ``stages.0``, ``stages.0.0/conv_pw``)."""
+def module_nodes(model: onnx.ModelProto, module: str, scopes: Sequence[str]) -> list[str]:
+    """Region nodes under the module ``module`` (a path of module names: ``stages.0``, ``stages.0.0/conv_pw``)."""
     key = f"/{module.strip('/')}/"
-    return [n.name for n in model.graph.node if n.name.startswith(TRUNK_SCOPE) and key in n.name]
+    return [n.name for n in model.graph.node if in_scopes(n.name, scopes) and key in n.name]
 
 
-def nodes_to_quantize(model: onnx.ModelProto, keep_float: Sequence[str] = ()) -> tuple[list[str], list[str]]:
-    """(trunk nodes to quantize, nodes kept float)."""
+def nodes_to_quantize(model: onnx.ModelProto, scopes: Sequence[str],
+                      keep_float: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """(region nodes to quantize, nodes kept float)."""
     keep: list[str] = []
     for which in keep_float:
-        found = edge_convs(model, which) if which in KEEP_FLOAT else module_nodes(model, which)
+        found = edge_convs(model, which, scopes) if which in KEEP_FLOAT else module_nodes(model, which, scopes)
         if not found:
-            raise StpmError(f"--keep-float {which}: no such part of the trunks (first, last, or a module: "
-                            f"{', '.join(trunk_modules(model))}, or a path below one like stages.0.0/conv_pw)")
+            raise StpmError(f"--keep-float {which}: no such part of the quantized regions (first, last, or a module: "
+                            f"{', '.join(region_modules(model, scopes))}, or a path below one like stages.0.0/conv_pw)")
         keep += [name for name in found if name not in keep]
     names = [n.name for n in model.graph.node
-             if n.name.startswith(TRUNK_SCOPE) and n.op_type not in _NOT_QUANTIZED and n.name not in keep]
+             if in_scopes(n.name, scopes) and n.op_type not in _NOT_QUANTIZED and n.name not in keep]
     if not names:
-        raise StpmError(f"the graph has no nodes under {TRUNK_SCOPE!r}: not an stpm-edge export (re-export it)")
+        raise StpmError(f"the graph has no nodes under {', '.join(scopes) or '(no region)'}: not an stpm-edge "
+                        f"export of this version (re-export it)")
     return names, keep
 
 
@@ -201,7 +208,8 @@ def quantize(fp32_path: Path, frames: CalibrationFrames, outputs: dict[str, Path
     q = _ort_quant()
     t0 = time.perf_counter()
     model = onnx.load(str(fp32_path))
-    names, keep = nodes_to_quantize(model, options.keep_float)
+    meta = metadata_of(model, fp32_path)
+    names, keep = nodes_to_quantize(model, meta.lowp.int8, options.keep_float)
     # Biases stay float, so ONNX Runtime must not enlarge weight scales to fit int32 biases.
     extra_common = {"QuantizeBias": False, "QDQDisableWeightAdjustForInt32Bias": True, "WeightSymmetric": True}
     if options.method == "percentile":
@@ -235,8 +243,8 @@ def quantize(fp32_path: Path, frames: CalibrationFrames, outputs: dict[str, Path
                 raise StpmError(f"INT8 form {form!r}: expected one of {', '.join(FORMS)}")
             source, form_names, form_cache = Path(fp32_path), names, cache
             if form == "cpu":
-                source, form_names, form_cache = _cpu_source(Path(fp32_path), model, names, cache, precomputed,
-                                                             Path(tmp))
+                source, form_names, form_cache = _cpu_source(Path(fp32_path), model, meta, names, cache,
+                                                             precomputed, Path(tmp))
             reader.rewind()
             kwargs = {"calibration_cache_path": str(form_cache)} if has_cache else {}
             with _quiet_root_logger():
@@ -298,23 +306,28 @@ def align_activation_inputs(model: onnx.ModelProto) -> int:
     return changed
 
 
-def _cpu_source(fp32_path: Path, model: onnx.ModelProto, names: list[str], cache: Path, precomputed: bool,
-                tmp: Path) -> tuple[Path, list[str], Path]:
-    """What the ``cpu`` form is quantized from: the unstacked graph where the export is stacked
-    (ONNX Runtime's quantized grouped 1×1 convolutions are slow; see :mod:`.unstack`), with the
-    node list mapped onto the two halves, and the ranges cache to use. The unstacked graph is
-    calibrated on its own (teacher and student get their own ranges, whichever form runs
-    first), except for ``precomputed`` (entropy) ranges, which each half takes from the
-    stacked tensor instead of a second KL search."""
+def _cpu_source(fp32_path: Path, model: onnx.ModelProto, meta: ModelMetadata, names: list[str], cache: Path,
+                precomputed: bool, tmp: Path) -> tuple[Path, list[str], Path]:
+    """What the ``cpu`` form is quantized from: the method's rewrite of the graph for that form
+    where it has one (e.g. STPM's split of its fused trunk), with the node list mapped onto the rewritten
+    nodes, and the ranges cache to use. A rewritten graph is calibrated on its own, except for
+    ``precomputed`` (entropy) ranges, which each derived tensor takes from its original
+    instead of a second KL search. The rewrite returns an object with ``model``, ``nodes``
+    (original node → new nodes) and ``tensors`` (original tensor → new tensors)."""
+    from stpm_edge.models.registry import get_method  # noqa: PLC0415 - the method that made the graph
+
+    rewrite = get_method(meta.arch).onnx_rewrites().get("int8.cpu")
+    if rewrite is None:
+        return fp32_path, names, cache
     try:
-        un = unstack(model)
-    except NotStacked as e:
+        un = rewrite(model, meta.lowp.int8)
+    except ValueError as e:  # the rewrite does not apply to this graph
         logger.debug("cpu INT8 form from the graph as exported (%s)", e)
         return fp32_path, names, cache
-    source = tmp / "unstacked.onnx"
+    source = tmp / "rewritten.onnx"
     onnx.save(un.model, str(source))
     mapped = [h for n in names for h in un.nodes.get(n, (n,))]
-    form_cache = tmp / "ranges.unstacked.json"
+    form_cache = tmp / "ranges.rewritten.json"
     if not precomputed:
         return source, mapped, form_cache
     from onnxruntime.quantization.calibrate import TensorsData, load_tensors_data, save_tensors_data  # noqa: PLC0415
@@ -322,7 +335,7 @@ def _cpu_source(fp32_path: Path, model: onnx.ModelProto, names: list[str], cache
     ranges = load_tensors_data(cache)
     data = {}
     for name, value in ranges.items():
-        for target in un.tensors.get(name, (name,)):  # each half keeps the stacked tensor's range
+        for target in un.tensors.get(name, (name,)):  # each derived tensor keeps its original's range
             data[target] = value
     save_tensors_data(TensorsData(ranges.calibration_method, data), form_cache)
     return source, mapped, form_cache

@@ -16,7 +16,7 @@ import numpy as np
 
 from stpm_edge.data.io import list_images, read_image_bgr
 from stpm_edge.errors import StpmError
-from stpm_edge.runtime.backends.base import InputSpec
+from stpm_edge.artifact import InputSpec, ModelMetadata, read_onnx_metadata
 from stpm_edge.runtime.frames import to_model_input
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class CalibrationFrames:
     (the last one padded by repeating frames), shaped ``spec.shape(batch_size)``.
     """
 
-    def __init__(self, folder: Path, spec: InputSpec, metadata: dict[str, Any], *, count: int = DEFAULT_COUNT,
+    def __init__(self, folder: Path, spec: InputSpec, metadata: ModelMetadata, *, count: int = DEFAULT_COUNT,
                  seed: int = 0, batch_size: int = 1, min_images: int = MIN_IMAGES) -> None:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise StpmError(f"calibration count: expected a positive integer, got {count!r}")
@@ -99,10 +99,8 @@ class CalibrationFrames:
     @classmethod
     def for_model(cls, onnx_path: Path, folder: Path, **kwargs: Any) -> CalibrationFrames:
         """A reader for the exported model at ``onnx_path`` (its metadata gives the input)."""
-        from stpm_edge.export.onnx_export import read_onnx_metadata  # noqa: PLC0415
-
         metadata = read_onnx_metadata(Path(onnx_path))
-        spec = InputSpec.from_dict(metadata["input"])
+        spec = metadata.input
         kwargs.setdefault("batch_size", spec.batch or 1)
         return cls(folder, spec, metadata, **kwargs)
 

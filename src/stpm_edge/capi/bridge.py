@@ -40,7 +40,7 @@ PIXEL_FORMATS: dict[int, tuple[int, int | None]] = {
 }
 INFO_STRING = 128  # STPM_INFO_STRING
 FIRST_HANDLE = 0x5354_0001  # any non-zero start; handles only ever count up
-C_BACKENDS = (*BACKENDS, "torch")  # stpm_options.backend: open_backend's names, and torch for .pt
+C_BACKENDS = BACKENDS  # stpm_options.backend: the one backend registry (open_backend's names)
 
 
 @dataclass

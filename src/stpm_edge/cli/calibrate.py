@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from stpm_edge.calibration.quantize import FORMS, METHODS, QuantizeOptions
+from stpm_edge.calibration.quantize import FORMS, METHODS
 from stpm_edge.calibration.reader import DEFAULT_COUNT
 from stpm_edge.cli.common import console, print_json, setup_logging, user_errors
 from stpm_edge.errors import StpmError
@@ -69,62 +69,55 @@ def comparison_table(rows: list, title: str) -> Table:
     return table
 
 
-def int8_step(fp32_path: Path, calib: Optional[Path], *, count: int, seed: int, method: str, keep_float: str | None,
-              forms: str, val: Optional[Path], max_drop: Optional[float], device: str, quiet: bool) -> dict:
-    """Calibrate, gate (with ``val``) and write the INT8 files; returns a JSON-able summary."""
-    from stpm_edge.calibration.reader import CalibrationFrames  # noqa: PLC0415
-    from stpm_edge.data.mvtec import load_dataset  # noqa: PLC0415
-    from stpm_edge.export.variants import validator, write_int8, write_int8_auto  # noqa: PLC0415
+def rich_stages(progress: Progress):
+    """A :data:`stpm_edge.export.pipeline.Stage` sink drawing each stage as a rich progress bar."""
+    def stage(description: str, total: int | None):
+        task = progress.add_task(description, total=total)
+        return lambda n=1: progress.advance(task, n)
+    return stage
+
+
+def int8_plan(calib: Optional[Path], *, count: int, seed: int, method: str, keep_float: str | None, forms: str,
+              val: Optional[Path], max_drop: Optional[float], device: str):
+    """The INT8 options of stpm-calibrate / stpm-export --int8 as an :class:`Int8Plan` (validated)."""
+    from stpm_edge.export.pipeline import Int8Plan  # noqa: PLC0415
 
     if calib is None:
         raise StpmError("INT8 needs calibration images: pass --calib DIR (a folder of good images, "
                         "or an MVTec category folder whose train/good is used)")
-    if max_drop is not None and val is None:
-        raise StpmError("--max-auroc-drop needs --val DIR (an MVTec category folder with a test split)")
-    if max_drop is not None and max_drop < 0:
-        raise StpmError(f"--max-auroc-drop {max_drop}: expected >= 0 (AUROC points)")
     keep = tuple(t.strip() for t in (keep_float or "").split(",") if t.strip())
-    auto = "auto" in keep
-    if auto and (len(keep) > 1 or max_drop is None):
-        raise StpmError("--keep-float auto stands alone and needs --val DIR --max-auroc-drop PT (it keeps the first "
-                        "setting that passes the accuracy gate)")
-    options = QuantizeOptions(method, () if auto else keep).validated()
     form_list = parse_list(forms, FORMS, "--int8-forms") or FORMS
-    dataset = load_dataset(val) if val is not None else None
-    frames = CalibrationFrames.for_model(fp32_path, calib, count=count, seed=seed)
+    return Int8Plan(calib, count, seed, method, keep, form_list, val, max_drop, device).validated()
+
+
+def print_int8(summary_result, plan, fp32_path: Path) -> None:
+    """What stpm-calibrate and stpm-export --int8 print about the INT8 files."""
+    result = summary_result
+    for form, f in result.files.items():
+        console.print(f"wrote {f.onnx_path} ({form} form) and {f.json_path.name}", highlight=False, markup=False)
+    console.print(f"calibrated {result.quantized_nodes} nodes on {result.calib_images} images "
+                  f"({plan.method}) in {result.seconds:.1f} s", highlight=False)
+    if result.comparison:
+        console.print(comparison_table(result.comparison, f"INT8 vs FP32 on {plan.val}"))
+        if plan.max_drop is not None:
+            console.print(result.verdict.message, highlight=False, markup=False)
+    else:
+        console.print(unchecked_note(fp32_path, plan.calib), style="yellow", highlight=False, markup=False)
+
+
+def int8_step(fp32_path: Path, plan, *, quiet: bool) -> dict:
+    """Calibrate, gate and write the INT8 files of an exported model; returns a JSON-able summary."""
+    from stpm_edge.artifact import read_onnx_metadata  # noqa: PLC0415
+    from stpm_edge.export.pipeline import int8_summary, prepare_int8, run_int8  # noqa: PLC0415
+
+    metadata = read_onnx_metadata(fp32_path)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=quiet) as progress:
-        task = progress.add_task(f"calibrating ({method}, {len(frames.paths)} images)",
-                                 total=None if auto else len(frames) * len(form_list))
-        check = None
-        if dataset is not None:
-            vtask = progress.add_task("validating INT8", total=None)
-            check = validator(dataset, max_drop if max_drop is not None else float("inf"), device,
-                              progress=lambda k: progress.advance(vtask, k))
-        write = write_int8_auto if auto else write_int8
-        result = write(fp32_path, frames, options, form_list, validate=check, progress=lambda: progress.advance(task))
-    summary = {
-        "int8": {form: str(f.onnx_path) for form, f in result.files.items()},
-        "method": method, "calib_images": result.calib_images, "quantized_nodes": result.quantized_nodes,
-        "keep_float": list(result.keep_float), "float_nodes": result.float_convs, "seconds": round(result.seconds, 1),
-    }
-    summary["accuracy_checked"] = bool(result.comparison)
-    if result.comparison:
-        summary["comparison"] = [r.to_dict() for r in result.comparison]
-        summary["gate"] = {"passed": result.verdict.passed, "message": result.verdict.message,
-                           "max_auroc_drop": max_drop}
+        stage = rich_stages(progress)
+        result = run_int8(fp32_path, prepare_int8(plan, metadata, stage), stage)
     if not quiet:
-        for form, f in result.files.items():
-            console.print(f"wrote {f.onnx_path} ({form} form) and {f.json_path.name}", highlight=False)
-        console.print(f"calibrated {result.quantized_nodes} trunk nodes on {result.calib_images} images "
-                      f"({method}) in {result.seconds:.1f} s", highlight=False)
-        if result.comparison:
-            console.print(comparison_table(result.comparison, f"INT8 vs FP32 on {val}"))
-            if max_drop is not None:
-                console.print(result.verdict.message, highlight=False)
-        else:
-            console.print(unchecked_note(fp32_path, calib), style="yellow", highlight=False)
-    return summary
+        print_int8(result, plan, fp32_path)
+    return int8_summary(result, plan)
 
 
 def unchecked_note(fp32_path: Path, calib: Path) -> str:
@@ -154,7 +147,8 @@ def calibrate_cmd(
     setup_logging(verbose)
     if model.suffix.lower() != ".onnx":
         raise StpmError(f"{model}: expected the exported model.onnx (run stpm-export first, or use stpm-export --int8)")
-    summary = int8_step(model, calib, count=calib_count, seed=seed, method=calib_method, keep_float=keep_float,
-                        forms=int8_forms, val=val, max_drop=max_auroc_drop, device=device, quiet=json_out)
+    plan = int8_plan(calib, count=calib_count, seed=seed, method=calib_method, keep_float=keep_float,
+                     forms=int8_forms, val=val, max_drop=max_auroc_drop, device=device)
+    summary = int8_step(model, plan, quiet=json_out)
     if json_out:
         print_json(summary)

@@ -12,7 +12,9 @@ from rich.table import Table
 from stpm_edge.cli.common import console, print_json, setup_logging, user_errors
 from stpm_edge.data.mvtec import load_dataset
 from stpm_edge.errors import StpmError
-from stpm_edge.eval.evaluate import evaluate, evaluate_backend
+from stpm_edge.artifact import ModelFiles
+from stpm_edge.eval.compare import evaluate_backend
+from stpm_edge.eval.evaluate import evaluate
 from stpm_edge.models.checkpoint import load_checkpoint
 from stpm_edge.train.trainer import resolve_device
 
@@ -25,7 +27,8 @@ def _fmt(v: float | None) -> str:
 def eval_cmd(
     model: Path = typer.Argument(..., help="Checkpoint (model.pt), or an exported model.onnx (run through ONNX Runtime)."),
     data: Path = typer.Argument(..., help="MVTec AD category folder with a test/ split (ground_truth/ for pixel metrics)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda (and tensorrt for .onnx: the ONNX Runtime TensorRT provider)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda; for exported files also tensorrt (a TensorRT engine) "
+                               "and ort-tensorrt (ONNX Runtime's TensorRT provider)."),
     batch_size: int = typer.Option(16, help="Images per forward pass."),
     compare: List[Path] = typer.Option([], "--compare", help="Exported variants to evaluate side by side with MODEL "
                                        "(an .onnx); deviations are against MODEL. Repeatable."),
@@ -38,14 +41,14 @@ def eval_cmd(
 ) -> None:
     """Evaluate a checkpoint: image AUROC, pixel AUROC, PRO (AUPRO to FPR 0.3) and F1 at the stored threshold."""
     setup_logging(verbose)
-    onnx_model = model.suffix.lower() == ".onnx"
     if compare or variants:
         _compare(model, data, compare, variants, device, batch_size, json_out)
         return
-    if onnx_model:
-        from stpm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    checkpoint = model.suffix.lower() == ".pt"
+    if not checkpoint:  # exported files open the one way every command opens them
+        from stpm_edge.runtime.detector import open_model
 
-        backend = OnnxRuntimeBackend(model, providers=device)
+        backend = open_model(model, device)
     else:
         net, meta = load_checkpoint(model, allow_pickle=trust_checkpoint)
     dataset = load_dataset(data)
@@ -56,7 +59,7 @@ def eval_cmd(
                   transient=True, disable=json_out) as progress:
         task = progress.add_task("evaluating", total=2 * n)
         step = lambda k: progress.advance(task, k)  # noqa: E731
-        if onnx_model:
+        if not checkpoint:
             result = evaluate_backend(backend, dataset, batch_size, progress=step)
         else:
             result = evaluate(net, meta, dataset, resolve_device(device), batch_size, progress=step)
@@ -88,8 +91,8 @@ def _compare(model: Path, data: Path, compare: list[Path], variants: bool, devic
         raise StpmError(f"{model}: --compare/--variants take an exported .onnx model as the reference")
     paths = [model, *compare]
     if variants:
-        stem = model.with_suffix("")
-        found = [stem.with_name(f"{stem.name}.{tag}.onnx") for tag in ("fp16", "int8", "int8.cpu")]
+        files, _ = ModelFiles.of(model)
+        found = [files.onnx(tag) for tag in ("fp16", "int8", "int8.cpu")]
         found = [p for p in found if p.is_file() and p not in paths]
         if not found and not compare:
             raise StpmError(f"{model}: no precision variants beside it (export with --fp16 / --int8)")

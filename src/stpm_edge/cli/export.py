@@ -6,11 +6,13 @@ from typing import Optional
 
 import typer
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from stpm_edge.cli.calibrate import (CALIB_COUNT, CALIB_METHOD, INT8_FORMS, KEEP_FLOAT_OPT, MAX_AUROC_DROP, SEED,
-                                     VAL, int8_step)
+                                     VAL, int8_plan, print_int8, rich_stages)
 from stpm_edge.cli.common import console, print_json, setup_logging, user_errors
 from stpm_edge.errors import StpmError
-from stpm_edge.export.graph import ExportConfig
+from stpm_edge.models.deploy import ExportConfig
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -36,7 +38,8 @@ def export_cmd(
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Symbolic batch dimension instead of --batch."),
     opset: int = typer.Option(17, help="ONNX opset (TensorRT 8.5 on JetPack 5 parses up to 17)."),
     blur: Optional[bool] = typer.Option(None, "--blur/--no-blur", help="Override the checkpoint's anomaly-map blur."),
-    fusion: str = typer.Option("stacked", help="Teacher+student form: stacked (one trunk, grouped convolutions) or parallel."),
+    fusion: Optional[str] = typer.Option(None, help="STPM: teacher+student form, stacked (one trunk, grouped "
+                                         "convolutions; the default) or parallel."),
     name: str = typer.Option("model", help="Base name of the output files."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write <name>.fp16.onnx: trunks in FP16, head FP32."),
     int8: bool = typer.Option(False, "--int8", help="Also write INT8 Q/DQ variants calibrated on --calib images."),
@@ -66,53 +69,46 @@ def export_cmd(
 ) -> None:
     """Export a checkpoint to one ONNX graph: frames in; normalised anomaly_map and score out (threshold 0.5)."""
     setup_logging(verbose)
-    from stpm_edge.export.onnx_export import export_onnx
+    from stpm_edge.export.pipeline import ExportPlan, export_all  # noqa: PLC0415
 
-    if int8 and calib is None:  # checked before any work so a missing option costs nothing
-        raise StpmError("--int8 needs --calib DIR (a folder of good images, or an MVTec category folder)")
     if not int8 and (calib is not None or val is not None or max_auroc_drop is not None):
         raise StpmError("--calib, --val and --max-auroc-drop apply to INT8: add --int8")
-    cfg = ExportConfig(input_mode, parse_size(frame_size), map_size, batch, dynamic_batch, opset, blur, fusion)
-    res = export_onnx(model, out_dir, cfg, name=name, allow_pickle=trust_checkpoint)
-    summary = {"onnx": str(res.onnx_path), "sidecar": str(res.json_path), "seconds": round(res.seconds, 2),
-               "ops": res.op_types, "input": res.metadata["input"], "fusion": res.metadata["fusion"]}
-    spec = res.metadata["input"]
-    if not json_out:
-        console.print(f"wrote {res.onnx_path} and {res.json_path.name}: input {spec['name']} {spec['dtype']} "
-                      f"{spec['shape']} {spec['layout']} {spec['color']}, {res.metadata['fusion']} fusion, "
-                      f"{len(res.op_types)} op types ({res.seconds:.1f} s)", highlight=False)
-    if fp16:
-        from stpm_edge.export.variants import write_fp16
-
-        half = write_fp16(res.onnx_path)
-        summary["fp16"] = str(half.onnx_path)
-        if not json_out:
-            console.print(f"wrote {half.onnx_path} and {half.json_path.name}: trunks FP16, head FP32", highlight=False)
-    if int8:
-        summary["int8"] = int8_step(res.onnx_path, calib, count=calib_count, seed=seed, method=calib_method,
-                                    keep_float=keep_float, forms=int8_forms, val=val, max_drop=max_auroc_drop,
-                                    device="cpu", quiet=json_out)
+    if int8 and calib is None:  # checked before any work so a missing option costs nothing
+        raise StpmError("--int8 needs --calib DIR (a folder of good images, or an MVTec category folder)")
+    plan_int8 = int8_plan(calib, count=calib_count, seed=seed, method=calib_method, keep_float=keep_float,
+                          forms=int8_forms, val=val, max_drop=max_auroc_drop, device="cpu") if int8 else None
+    engine_options = None
     if engine:
-        from stpm_edge.export.tensorrt import BuildOptions, maybe_build_engine
-
-        precision = "int8" if int8 else "fp16" if fp16 else "fp32"
-        options = BuildOptions(workspace_mib=workspace, timing_cache=timing_cache or True, min_batch=min_batch,
-                               opt_batch=opt_batch, max_batch=max_batch, optimization_level=opt_level,
-                               dla_core=dla_core, int8_mode=trt_int8, calib_dir=calib, calib_count=calib_count,
-                               calib_seed=seed, calib_method=calib_method if calib_method != "percentile" else "entropy",
-                               verbose=verbose)
-        built = maybe_build_engine(res.onnx_path, precision, options)
-        if built.built:
-            summary["engine"] = {"path": str(built.engine_path), "sidecar": str(built.sidecar_path),
-                                 "precision": precision, "seconds": round(built.seconds, 1)}
-            line = f"TensorRT engine: wrote {built.engine_path} ({precision}, {built.seconds:.0f} s)"
-        else:
-            summary["engine"] = {"skipped": str(built)}
-            line = f"TensorRT engine: skipped ({built})"
-    else:
-        summary["engine"] = {"skipped": "--no-engine"}
-        line = "TensorRT engine: not requested (--no-engine)"
+        engine_options = dict(workspace_mib=workspace, timing_cache=timing_cache or True, min_batch=min_batch,
+                              opt_batch=opt_batch, max_batch=max_batch, optimization_level=opt_level,
+                              dla_core=dla_core, int8_mode=trt_int8, calib_dir=calib, calib_count=calib_count,
+                              calib_seed=seed, calib_method=calib_method if calib_method != "percentile" else "entropy",
+                              verbose=verbose)
+    cfg = ExportConfig(input_mode, parse_size(frame_size), map_size, batch, dynamic_batch, opset, blur,
+                       {"fusion": fusion} if fusion else {})
+    plan = ExportPlan(cfg, name, fp16, plan_int8, engine_options)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=json_out) as progress:
+        manifest = export_all(model, out_dir, plan, allow_pickle=trust_checkpoint, stage=rich_stages(progress))
     if json_out:
-        print_json(summary)
+        print_json(manifest.summary)
         return
+    res = manifest.onnx
+    spec = res.metadata.input
+    detail = ", ".join(f"{k} {v}" for k, v in res.metadata.method.items() if k in ("name", "fusion"))
+    console.print(f"wrote {res.onnx_path} and {res.json_path.name}: input {spec.name} {spec.dtype} "
+                  f"{list(spec.shape())} {spec.layout} {spec.color}, {detail}, {len(res.op_types)} op types "
+                  f"({res.seconds:.1f} s)", highlight=False, markup=False)
+    if manifest.fp16 is not None:
+        console.print(f"wrote {manifest.fp16.onnx_path} and {manifest.fp16.json_path.name}: low-precision regions "
+                      f"FP16, head FP32", highlight=False, markup=False)
+    if manifest.int8 is not None:
+        print_int8(manifest.int8, plan_int8, res.onnx_path)
+    if not engine:
+        line = "TensorRT engine: not requested (--no-engine)"
+    elif getattr(manifest.engine, "built", False):
+        e = manifest.engine
+        line = f"TensorRT engine: wrote {e.engine_path} ({manifest.summary['engine']['precision']}, {e.seconds:.0f} s)"
+    else:
+        line = f"TensorRT engine: skipped ({manifest.engine})"
     console.print(line, highlight=False, markup=False)

@@ -7,7 +7,8 @@ import typer
 
 from stpm_edge.cli.common import console, print_json, user_errors
 from stpm_edge.errors import StpmError
-from stpm_edge.models.checkpoint import file_sha256, meta_from_dict, read_checkpoint_dict
+from stpm_edge.artifact import file_sha256, read_onnx_metadata
+from stpm_edge.models.checkpoint import meta_from_dict, read_checkpoint_dict
 
 
 @user_errors("stpm info")
@@ -26,16 +27,17 @@ def info_cmd(
             raise StpmError(f"{model}: no such engine file")
         info = read_sidecar(model)
     elif model.suffix.lower() == ".onnx":
-        from stpm_edge.export.onnx_export import read_onnx_metadata
-
-        info = read_onnx_metadata(model)
+        info = read_onnx_metadata(model).to_dict()
     else:
-        info = meta_from_dict(read_checkpoint_dict(model, allow_pickle=trust_checkpoint), str(model)).to_dict()
+        meta = meta_from_dict(read_checkpoint_dict(model, allow_pickle=trust_checkpoint), str(model))
+        info = {**meta.header(), "method": meta.method.describe(meta.config)}
     info.update({"file": str(model), "sha256": file_sha256(model)})
     if model.suffix.lower() == ".engine":
         info["matches_sidecar"] = info["sha256"] == info["engine"].get("sha256")
     if json_out:
         print_json(info)
         return
-    for key, value in info.items():
-        console.print(f"[bold]{key}[/bold]: {value}", highlight=False, soft_wrap=True)
+    from rich.text import Text  # noqa: PLC0415
+
+    for key, value in info.items():  # values come from the file: printed literally, never as markup
+        console.print(Text.assemble((str(key), "bold"), ": ", str(value)), highlight=False, soft_wrap=True)

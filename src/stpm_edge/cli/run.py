@@ -67,7 +67,7 @@ def _print_summary(s: dict, demo: dict | None) -> None:
 
 
 def _demo_assets(image_size: int, budget: float, frames: int, rebuild: bool, quiet: bool) -> Any:
-    from stpm_edge.runtime.demo import DemoConfig, build_demo, demo_cache_dir
+    from stpm_edge.apps.demo import DemoConfig, build_demo, demo_cache_dir
 
     cfg = DemoConfig(image_size=image_size, budget_s=budget, frames=frames)
     status = console.status("demo: preparing", spinner="dots") if not quiet else None
@@ -138,11 +138,11 @@ def run_cmd(
     if not verbose:  # the provider choice is in the summary; keep error output to one line
         logging.getLogger("stpm_edge.runtime.backends").setLevel(logging.WARNING)
     from stpm_edge.runtime.detector import Detector
-    from stpm_edge.runtime.outputs import (AnomalySink, EventSink, ImageFolderSink, VideoSink, WindowSink,
+    from stpm_edge.apps.run.outputs import (AnomalySink, EventSink, ImageFolderSink, VideoSink, WindowSink,
                                            can_show_window, output_kind)
     from stpm_edge.runtime.overlay import OverlayStyle
-    from stpm_edge.runtime.pipeline import Pipeline, PipelineConfig
-    from stpm_edge.runtime.sources import ReconnectPolicy, make_source, parse_uri
+    from stpm_edge.apps.run.pipeline import Pipeline, PipelineConfig
+    from stpm_edge.apps.run.sources import ReconnectPolicy, make_source, parse_uri
 
     assets = None
     if demo:
@@ -201,7 +201,7 @@ def run_cmd(
     result = summary.to_dict() if summary is not None else {}
     demo_info = None
     if assets is not None and summary is not None:
-        from stpm_edge.runtime.demo import demo_report
+        from stpm_edge.apps.demo import demo_report
 
         demo_info = demo_report(assets.defect_frames, ng_seen)
         result["demo"] = {**demo_info, "cache": str(assets.root), "cached": assets.cached}

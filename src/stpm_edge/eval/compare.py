@@ -17,7 +17,7 @@ import numpy as np
 
 from stpm_edge.data.mvtec import Dataset
 from stpm_edge.errors import StpmError
-from stpm_edge.eval.evaluate import EvalSet, load_test, score_test
+from stpm_edge.eval.evaluate import EvalResult, EvalSet, load_test, score_test
 from stpm_edge.runtime.backends.base import Backend
 from stpm_edge.runtime.frames import to_model_input
 
@@ -70,8 +70,8 @@ def compare_backends(backends: Sequence[Backend], names: Sequence[str], test: Ev
         elif maps.shape != ref_maps.shape:
             raise StpmError(f"{name}: anomaly_map is {maps.shape[1:]} but the reference's is {ref_maps.shape[1:]}; "
                             f"compare variants exported with the same --map-size")
-        r = score_test(test, maps, scores, float(backend.metadata.get("threshold", 0.5)))
-        out.append(VariantResult(name, str(backend.metadata.get("precision", "fp32")), r.image_auroc, r.pixel_auroc,
+        r = score_test(test, maps, scores, backend.metadata.threshold)
+        out.append(VariantResult(name, backend.metadata.precision, r.image_auroc, r.pixel_auroc,
                                  r.pro, float(np.abs(maps - ref_maps).max()),
                                  float(np.abs(scores - ref_scores).max()), ms,
                                  float((np.abs(maps - ref_maps) / np.maximum(1.0, np.abs(ref_maps))).max())))
@@ -141,3 +141,13 @@ def gate(reference: VariantResult, candidate: VariantResult, max_drop_pt: float)
         f"another method (--calib-method entropy|percentile|minmax); keeping parts of the trunks in float "
         f"(--keep-float auto tries the early modules, where symmetric INT8 hurts most; or name them: "
         f"--keep-float stem,stages.0; or first,last); or deploy FP16 (--fp16), which keeps accuracy."))
+
+
+def evaluate_backend(backend: Backend, dataset: Dataset, batch_size: int = 16,
+                     progress: Callable[[int], None] | None = None) -> EvalResult:
+    """An exported model through a runtime backend (normalised outputs: threshold 0.5)."""
+    test = load_test(dataset.test, progress)
+    maps, scores, ms = run_backend(backend, test, batch_size, progress)
+    result = score_test(test, maps, scores, backend.metadata.threshold)
+    result.ms_per_image = ms
+    return result

@@ -20,8 +20,6 @@ from stpm_edge.data.preprocess import preprocess_images
 from stpm_edge.errors import StpmError
 from stpm_edge.eval import metrics
 from stpm_edge.models.checkpoint import ModelMeta
-from stpm_edge.models.stpm.model import STPM
-from stpm_edge.runtime.backends.base import Backend
 
 
 @dataclass
@@ -74,14 +72,16 @@ def load_test(samples: Sequence[TestSample], progress: Callable[[int], None] | N
 
 
 @torch.no_grad()
-def predict(model: STPM, x: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 16,
-            progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
-    """Raw maps (N,h,w), raw scores (N,) and the mean milliseconds per image."""
+def predict(model: torch.nn.Module, x: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 16,
+            progress: Callable[[int], None] | None = None, *, method) -> tuple[np.ndarray, np.ndarray, float]:
+    """Raw maps (N,h,w), raw scores (N,) and the mean milliseconds per image, through the
+    method's inference module (the same one export traces)."""
     model.eval().to(device, memory_format=torch.channels_last)
+    net = method.inference_module(model).eval()
     maps, scores = [], []
     t0 = time.perf_counter()
     for i in range(0, len(x), batch_size):
-        amap, score = model.predict(x[i:i + batch_size].to(device, memory_format=torch.channels_last))
+        amap, score = net(x[i:i + batch_size].to(device, memory_format=torch.channels_last))
         maps.append(amap[:, 0].float().cpu().numpy())
         scores.append(score.float().cpu().numpy())
         if progress:
@@ -107,24 +107,12 @@ def score_test(test: EvalSet, maps: np.ndarray, scores: np.ndarray,
                       float("nan"), per_type)
 
 
-def evaluate(model: STPM, meta: ModelMeta, dataset: Dataset, device: torch.device | str = "cpu",
+def evaluate(model: torch.nn.Module, meta: ModelMeta, dataset: Dataset, device: torch.device | str = "cpu",
              batch_size: int = 16, progress: Callable[[int], None] | None = None) -> EvalResult:
     """PyTorch model: image AUROC, pixel AUROC, PRO, F1 at the stored image threshold, ms per image."""
     test = load_test(dataset.test, progress)
     x = preprocess_images(test.images, meta.preprocess)
-    maps, scores, ms = predict(model, x, device, batch_size, progress)
+    maps, scores, ms = predict(model, x, device, batch_size, progress, method=meta.method)
     result = score_test(test, maps, scores, meta.normalization.image_threshold if meta.normalization else None)
-    result.ms_per_image = ms
-    return result
-
-
-def evaluate_backend(backend: Backend, dataset: Dataset, batch_size: int = 16,
-                     progress: Callable[[int], None] | None = None) -> EvalResult:
-    """An exported model through a runtime backend (normalised outputs: threshold 0.5)."""
-    from stpm_edge.eval.compare import run_backend  # noqa: PLC0415 - compare imports this module
-
-    test = load_test(dataset.test, progress)
-    maps, scores, ms = run_backend(backend, test, batch_size, progress)
-    result = score_test(test, maps, scores, float(backend.metadata.get("threshold", 0.5)))
     result.ms_per_image = ms
     return result

@@ -10,7 +10,6 @@ The graph's operators must all be parseable by TensorRT 8.5 (:mod:`stpm_edge.exp
 from __future__ import annotations
 
 import io
-import json
 import logging
 import tempfile
 import time
@@ -22,64 +21,25 @@ import onnx
 import torch
 
 from stpm_edge import __version__
+from stpm_edge.artifact import ANOMALY_MAP as MAP_NAME
+from stpm_edge.artifact import INPUT_NAME, METADATA_KEY, ModelFiles, ModelMetadata, file_sha256
+from stpm_edge.artifact import SCORE as SCORE_NAME
 from stpm_edge.data.io import atomic_path
-from stpm_edge.errors import StpmError, first_line
-from stpm_edge.export.graph import ExportConfig, ExportGraph, example_input
+from stpm_edge.errors import StpmError
+from stpm_edge.models.deploy import ExportConfig, ExportGraph, build_metadata, example_input
 from stpm_edge.export.trt_ops import TRT85_MAX_OPSET, unsupported_ops
-from stpm_edge.models.checkpoint import ModelMeta, file_sha256, load_checkpoint
-from stpm_edge.runtime.backends.base import INPUT_NAME, METADATA_KEY, parse_metadata
-from stpm_edge.runtime.backends.base import ANOMALY_MAP as MAP_NAME
-from stpm_edge.runtime.backends.base import SCORE as SCORE_NAME
+from stpm_edge.models.checkpoint import ModelMeta, load_checkpoint
 
 logger = logging.getLogger(__name__)
-
-ONNX_FORMAT = "stpm-edge/onnx"
 
 
 @dataclass
 class ExportResult:
     onnx_path: Path
     json_path: Path
-    metadata: dict
+    metadata: ModelMetadata
     op_types: list[str]
     seconds: float
-
-
-def build_metadata(meta: ModelMeta, cfg: ExportConfig, checkpoint: Path, sha256: str) -> dict:
-    """The one description of an exported model (sidecar JSON and ONNX metadata_props)."""
-    h_map, w_map = cfg.output_size(meta)
-    batch = None if cfg.dynamic_batch else cfg.batch
-    n = "N" if batch is None else batch
-    if cfg.input == "uint8-bgr":
-        fh, fw = cfg.frame_size
-        spec = {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC", "color": "BGR", "batch": batch,
-                "height": fh, "width": fw, "shape": [n, fh, fw, 3]}
-    else:
-        mh, mw = meta.config.image_size
-        spec = {"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW", "color": "RGB", "batch": batch,
-                "height": mh, "width": mw, "shape": [n, 3, mh, mw],
-                "normalization": {"mean": list(meta.mean), "std": list(meta.std), "scale": "0..1"}}
-    norm = meta.normalization
-    return {
-        "format": ONNX_FORMAT, "format_version": 1, "arch": meta.arch, "precision": "fp32",
-        "input": spec,
-        "model_size": list(meta.config.image_size),
-        "preprocess": {"resize": "bilinear, align_corners=False, no antialias", "mean": list(meta.mean),
-                       "std": list(meta.std), "color": "RGB"},
-        "outputs": {
-            MAP_NAME: {"dtype": "float32", "shape": [n, 1, h_map, w_map],
-                       "meaning": "per-pixel anomaly, normalised: 0.5 = pixel threshold"},
-            SCORE_NAME: {"dtype": "float32", "shape": [n], "meaning": "image anomaly score, normalised: 0.5 = image threshold"},
-        },
-        "threshold": 0.5,
-        "normalization": {"min_value": norm.min_value, "image_threshold": norm.image_threshold,
-                          "pixel_threshold": norm.pixel_threshold,
-                          "formula": "normalised = 0.5 * (raw - min_value) / (threshold - min_value)"},
-        "backbone": meta.config.backbone, "layers": list(meta.config.layers),
-        "blur_sigma": cfg.blur_sigma(meta), "fusion": cfg.fusion, "opset": cfg.opset,
-        "checkpoint": {"file": Path(checkpoint).name, "sha256": sha256},
-        "versions": {"stpm_edge": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__},
-    }
 
 
 def _trace(graph: ExportGraph, example: torch.Tensor, cfg: ExportConfig) -> onnx.ModelProto:
@@ -122,34 +82,29 @@ def _hygiene(model: onnx.ModelProto, cfg: ExportConfig) -> onnx.ModelProto:
     return model
 
 
-def export_onnx(checkpoint: Path, out_dir: Path, cfg: ExportConfig = ExportConfig(), *, name: str = "model",
-                allow_pickle: bool = False) -> ExportResult:
-    """Export ``checkpoint`` to ``out_dir/<name>.onnx`` and ``out_dir/<name>.json`` (atomically)."""
+def export_model(model: torch.nn.Module, meta: ModelMeta, checkpoint: Path, out_dir: Path,
+                 cfg: ExportConfig = ExportConfig(), *, name: str = "model") -> ExportResult:
+    """Export an in-memory ``model`` (loaded from ``checkpoint``) to ``out_dir/<name>.onnx`` and
+    ``out_dir/<name>.json`` (atomically). ``model`` is modified (static padding) and not reusable."""
     t0 = time.perf_counter()
-    model, meta = load_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    files = ModelFiles(Path(out_dir), name)
     cfg = cfg.validated(meta)
     graph = ExportGraph(model, meta, cfg)
     onnx_model = _hygiene(_trace(graph, example_input(meta, cfg), cfg), cfg)
     metadata = build_metadata(meta, cfg, checkpoint, file_sha256(checkpoint))
     onnx_model.producer_name, onnx_model.producer_version = "stpm-edge", __version__
-    onnx.helper.set_model_props(onnx_model, {METADATA_KEY: json.dumps(metadata)})
-    out_dir = Path(out_dir)
-    onnx_path, json_path = out_dir / f"{name}.onnx", out_dir / f"{name}.json"
+    onnx.helper.set_model_props(onnx_model, {METADATA_KEY: metadata.to_json()})
+    onnx_path, json_path = files.onnx(), files.sidecar()
     with atomic_path(onnx_path) as tmp_onnx, atomic_path(json_path) as tmp_json:
         onnx.save(onnx_model, tmp_onnx)
-        tmp_json.write_text(json.dumps(metadata, indent=2) + "\n")
+        tmp_json.write_text(metadata.to_json(indent=2) + "\n")
     ops = sorted({n.op_type for n in onnx_model.graph.node})
-    logger.debug("exported %s (%s fusion, ops: %s)", onnx_path, cfg.fusion, ", ".join(ops))
+    logger.debug("exported %s (ops: %s)", onnx_path, ", ".join(ops))
     return ExportResult(onnx_path, json_path, metadata, ops, time.perf_counter() - t0)
 
 
-def read_onnx_metadata(path: Path) -> dict:
-    """The stpm-edge metadata of an exported ONNX file (one-line StpmError if absent)."""
-    path = Path(path)
-    if not path.is_file():
-        raise StpmError(f"{path}: no such model file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf decode errors of many kinds
-        raise StpmError(f"{path}: not a readable ONNX file ({first_line(exc)})") from None
-    return parse_metadata({p.key: p.value for p in model.metadata_props}, path)
+def export_onnx(checkpoint: Path, out_dir: Path, cfg: ExportConfig = ExportConfig(), *, name: str = "model",
+                allow_pickle: bool = False) -> ExportResult:
+    """Export ``checkpoint`` to ``out_dir/<name>.onnx`` and ``out_dir/<name>.json`` (atomically)."""
+    model, meta = load_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    return export_model(model, meta, checkpoint, out_dir, cfg, name=name)

@@ -2,28 +2,29 @@
 
 TensorRT 10.1 deprecated and TensorRT 11 removed the precision builder flags and implicit
 INT8 calibrators, so precision lives in the graph: Casts for FP16 (this module), Q/DQ nodes
-for INT8 (:mod:`stpm_edge.calibration.quantize`). Both select the fused teacher+student
-trunks by their node names (:data:`stpm_edge.export.graph.TRUNK_SCOPE`); preprocessing and
-the STPM head stay FP32.
+for INT8 (:mod:`stpm_edge.calibration.quantize`). Both lower only the method's
+low-precision regions, ONNX node-name scopes recorded in the model's metadata
+(``ModelMetadata.lowp``, from the method's ``low_precision``); preprocessing and the method's
+head stay FP32.
 
-Why the head stays FP32: per-level squared distances of normal pixels are ~1e-3 and the map
-is their product over three levels (~1e-9), below FP16's smallest subnormal (6e-8), so an
-FP16 head flushes normal pixels to zero and loses the low end of the score distribution
-(``tests/test_precision.py`` measures it). L2 normalisation (sum of squares) can also
-overflow FP16's 65504 on un-normalised features.
+Why heads stay FP32 (STPM's, for example): per-level squared distances of normal pixels are
+~1e-3 and the map is their product over three levels (~1e-9), below FP16's smallest subnormal
+(6e-8), so an FP16 head flushes normal pixels to zero and loses the low end of the score
+distribution (``tests/test_precision.py`` measures it). L2 normalisation (sum of squares) and
+memory-bank distances can also overflow FP16's 65504.
 """
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from stpm_edge.artifact.metadata import in_scopes
 from stpm_edge.errors import StpmError
-from stpm_edge.export.graph import TRUNK_SCOPE
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +39,12 @@ def variant_name(name: str, precision: str) -> str:
     return name if precision == "fp32" else f"{name}.{precision}"
 
 
-def trunk_nodes(model: onnx.ModelProto, scope: str = TRUNK_SCOPE) -> list[onnx.NodeProto]:
-    """The nodes of the fused trunks (StpmError if the graph has none: not an stpm-edge export)."""
-    nodes = [n for n in model.graph.node if n.name.startswith(scope)]
+def region_nodes(model: onnx.ModelProto, scopes: Sequence[str]) -> list[onnx.NodeProto]:
+    """The nodes of the low-precision regions (StpmError if the graph has none: not an stpm-edge export)."""
+    nodes = [n for n in model.graph.node if in_scopes(n.name, scopes)]
     if not nodes:
-        raise StpmError(f"the graph has no nodes under {scope!r}: not an stpm-edge export (re-export it)")
+        raise StpmError(f"the graph has no nodes under {', '.join(scopes) or '(no region)'}: not an stpm-edge "
+                        f"export of this version (re-export it)")
     return nodes
 
 
@@ -77,21 +79,20 @@ def topological_sort(nodes: Iterable[onnx.NodeProto], available: Iterable[str]) 
     return out
 
 
-def to_fp16(model: onnx.ModelProto, scope: str = TRUNK_SCOPE) -> onnx.ModelProto:
-    """A copy of ``model`` whose nodes under ``scope`` compute in FP16, with Casts at the border.
+def to_fp16(model: onnx.ModelProto, scopes: Sequence[str] | None) -> onnx.ModelProto:
+    """A copy of ``model`` whose nodes under ``scopes`` compute in FP16, with Casts at the border.
 
     Float inputs that enter the region from outside get one Cast to FP16 each; float
     constants the region uses get an FP16 copy; float tensors leaving the region are cast
     back to FP32 under their original names. Graph inputs and outputs keep their types.
-    Pass ``scope=""`` to convert every node (the all-FP16 graph, for comparison only).
+    Pass ``scopes=None`` to convert every node (the all-FP16 graph, for comparison only).
     """
     m = copy.deepcopy(model)
     m = onnx.shape_inference.infer_shapes(m, strict_mode=True)
     g = m.graph
     types = _elem_types(m)
-    region = [n for n in g.node if n.name.startswith(scope)] if scope else list(g.node)
-    if not region:
-        raise StpmError(f"the graph has no nodes under {scope!r}: not an stpm-edge export (re-export it)")
+    region = region_nodes(m, scopes) if scopes is not None else list(g.node)
+    scope = scopes[0] if scopes else ""
     region_ids = {id(n) for n in region}
     produced = {o for n in region for o in n.output}
     initializers = {t.name: t for t in g.initializer}

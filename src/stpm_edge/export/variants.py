@@ -13,7 +13,6 @@ INT8, how it was calibrated.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,14 +21,15 @@ from pathlib import Path
 
 import onnx
 
-from stpm_edge.calibration.quantize import (FORM_SUFFIX, FORMS, QuantizeOptions, check_tensorrt_form, quantize,
-                                             trunk_modules)
+from stpm_edge.artifact import METADATA_KEY, Int8Info, ModelFiles, ModelMetadata
+from stpm_edge.artifact.files import INT8_FORMS
+from stpm_edge.calibration.quantize import (FORMS, QuantizeOptions, check_tensorrt_form, metadata_of, quantize,
+                                             region_modules)
 from stpm_edge.calibration.reader import CalibrationFrames
 from stpm_edge.data.io import atomic_path
 from stpm_edge.errors import StpmError
 from stpm_edge.eval.compare import GateVerdict, VariantResult, compare_backends, gate
 from stpm_edge.export.precision import precision_of, to_fp16
-from stpm_edge.runtime.backends.base import METADATA_KEY, parse_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class GateFailed(StpmError):
 class VariantFiles:
     onnx_path: Path
     json_path: Path
-    metadata: dict
+    metadata: ModelMetadata
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Int8Result:
     keep_float: tuple[str, ...] = ()  # what was asked (--keep-float), or what auto chose
 
 
-def _load_fp32(path: Path) -> tuple[onnx.ModelProto, dict]:
+def _load_fp32(path: Path) -> tuple[onnx.ModelProto, ModelMetadata]:
     path = Path(path)
     if not path.is_file():
         raise StpmError(f"{path}: no such model file")
@@ -69,32 +69,32 @@ def _load_fp32(path: Path) -> tuple[onnx.ModelProto, dict]:
         model = onnx.load(str(path))
     except Exception as e:  # noqa: BLE001 - protobuf errors of many kinds
         raise StpmError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
-    meta = parse_metadata({p.key: p.value for p in model.metadata_props}, path)
-    if meta.get("precision", "fp32") != "fp32" or precision_of(model) != "fp32":
-        raise StpmError(f"{path}: is already a {meta.get('precision', precision_of(model))} model; "
-                        f"make precision variants from the FP32 model.onnx")
+    meta = metadata_of(model, path)
+    if meta.precision != "fp32" or precision_of(model) != "fp32":
+        raise StpmError(f"{path}: is already a {meta.precision if meta.precision != 'fp32' else precision_of(model)} "
+                        f"model; make precision variants from the FP32 model.onnx")
     return model, meta
 
 
-def variant_paths(fp32_path: Path, tag: str) -> tuple[Path, Path]:
-    """``dir/model.onnx`` + ``fp16`` → ``dir/model.fp16.onnx``, ``dir/model.fp16.json``."""
-    stem = Path(fp32_path).with_suffix("")
-    return stem.with_name(f"{stem.name}.{tag}.onnx"), stem.with_name(f"{stem.name}.{tag}.json")
+def variant_paths(fp32_path: Path, variant: str) -> tuple[Path, Path]:
+    """``dir/model.onnx`` + ``fp16`` → ``dir/model.fp16.onnx``, ``dir/model.fp16.json`` (:class:`ModelFiles`)."""
+    files, _ = ModelFiles.of(fp32_path)
+    return files.onnx(variant), files.sidecar(variant)
 
 
-def _save(model: onnx.ModelProto, meta: dict, onnx_tmp: Path, json_tmp: Path) -> None:
+def _save(model: onnx.ModelProto, meta: ModelMetadata, onnx_tmp: Path, json_tmp: Path) -> None:
     del model.metadata_props[:]
-    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
+    onnx.helper.set_model_props(model, {METADATA_KEY: meta.to_json()})
     onnx.save(model, str(onnx_tmp))
-    json_tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    json_tmp.write_text(meta.to_json(indent=2) + "\n")
 
 
 def write_fp16(fp32_path: Path) -> VariantFiles:
     """``model.fp16.onnx`` + sidecar beside the FP32 ``model.onnx``."""
     model, meta = _load_fp32(fp32_path)
-    half = to_fp16(model)
-    meta = {**meta, "precision": "fp16",
-            "fp16": {"scope": "teacher and student trunks", "fp32": "preprocessing, STPM head, I/O"}}
+    half = to_fp16(model, meta.lowp.fp16)
+    meta = replace(meta, precision="fp16",
+                   fp16={"scope": list(meta.lowp.fp16), "fp32": "preprocessing, the method's head, I/O"})
     onnx_path, json_path = variant_paths(fp32_path, "fp16")
     with atomic_path(onnx_path) as t_onnx, atomic_path(json_path) as t_json:
         _save(half, meta, t_onnx, t_json)
@@ -116,7 +116,7 @@ def write_int8(fp32_path: Path, frames: CalibrationFrames, options: QuantizeOpti
     bad = set(forms) - set(FORMS)
     if bad or not forms:
         raise StpmError(f"INT8 forms {', '.join(sorted(bad)) or '(none)'}: expected any of {', '.join(FORMS)}")
-    targets = {form: variant_paths(fp32_path, "int8" + FORM_SUFFIX[form]) for form in forms}
+    targets = {form: variant_paths(fp32_path, INT8_FORMS[form]) for form in forms}
     with contextlib.ExitStack() as stack:
         tmp = {form: (stack.enter_context(atomic_path(o)), stack.enter_context(atomic_path(j)))
                for form, (o, j) in targets.items()}
@@ -128,12 +128,12 @@ def write_int8(fp32_path: Path, frames: CalibrationFrames, options: QuantizeOpti
                 problems = check_tensorrt_form(q)
                 if problems:
                     raise StpmError(f"internal: the INT8 graph is not in TensorRT's form ({problems[0]})")
-            m = {**meta, "precision": "int8", "int8": {
-                "form": form, "method": options.method, "images": len(frames.paths), "seed": frames.seed,
-                "calib_folder": str(frames.folder), "keep_float": report.float_convs,
-                "quantized_nodes": len(report.quantized_nodes),
-                "target": "TensorRT explicit quantization (symmetric int8)" if form == "tensorrt"
-                else "ONNX Runtime x86 CPU (uint8 activations, not for TensorRT)"}}
+            m = replace(meta, precision="int8", int8=Int8Info(
+                form=form, method=options.method, images=len(frames.paths), seed=frames.seed,
+                calib_folder=str(frames.folder), keep_float=tuple(report.float_convs),
+                quantized_nodes=len(report.quantized_nodes),
+                target="TensorRT explicit quantization (symmetric int8)" if form == "tensorrt"
+                else "ONNX Runtime x86 CPU (uint8 activations, not for TensorRT)"))
             _save(q, m, t_onnx, t_json)
             files[form] = VariantFiles(targets[form][0], targets[form][1], m)
         result = Int8Result(files, len(report.quantized_nodes), report.float_convs, len(frames.paths),
@@ -146,10 +146,10 @@ def write_int8(fp32_path: Path, frames: CalibrationFrames, options: QuantizeOpti
 
 
 def auto_keep_float_ladder(model: onnx.ModelProto) -> list[tuple[str, ...]]:
-    """What ``--keep-float auto`` tries, in order: all quantized, then the trunks' first two
-    modules float, then the first three (symmetric INT8 hurts STPM most in the early layers:
+    """What ``--keep-float auto`` tries, in order: all quantized, then the regions' first two
+    modules float, then the first three (symmetric INT8 hurts most in the early layers:
     BENCHMARKS.md, precision section)."""
-    modules = trunk_modules(model)
+    modules = region_modules(model, metadata_of(model).lowp.int8)
     return [()] + [tuple(modules[:k]) for k in (2, 3) if len(modules) > k]
 
 

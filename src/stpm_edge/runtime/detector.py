@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from stpm_edge.errors import StpmError
-from stpm_edge.runtime.backends.base import Backend, InputSpec
+from stpm_edge.artifact import InputSpec, ModelMetadata
+from stpm_edge.runtime.backends.base import Backend
 from stpm_edge.runtime.bgr import to_bgr
 from stpm_edge.runtime.frames import to_model_input
 from stpm_edge.runtime.overlay import OverlayStyle, render
@@ -129,38 +130,21 @@ def check_threshold(threshold: Any) -> float:
 
 
 def open_model(path: str | Path, backend: str = "auto", threads: int | None = None) -> Backend:
-    """``.pt`` checkpoints run through PyTorch; everything else goes to :func:`open_backend`."""
-    path = Path(path)
-    if path.suffix == ".pt":
-        req = str(backend).strip().lower()
-        if req not in ("auto", "torch", "cpu", "cuda"):
-            raise StpmError(f"{path}: a .pt checkpoint runs with backend auto, torch, cpu or cuda, not {backend!r} "
-                            "(export it with stpm-export for ONNX Runtime or TensorRT)")
-        from stpm_edge.runtime.backends.torch import TorchBackend  # noqa: PLC0415
-
-        return TorchBackend(path, device="cuda" if req == "cuda" else "cpu", threads=threads)
-    if str(backend).strip().lower() == "torch":
-        raise StpmError(f"{path}: backend torch runs .pt checkpoints only")
+    """``.pt`` checkpoints run through PyTorch, exported files on ONNX Runtime or TensorRT: :func:`open_backend`."""
     from stpm_edge.runtime.backends.select import open_backend  # noqa: PLC0415
 
     return open_backend(path, backend, threads)
 
 
-def model_precision(metadata: dict[str, Any], path: Path) -> str:
-    """fp32 / fp16 / int8, from the metadata when it says, else from the file name (``model.fp16.onnx``)."""
-    value = metadata.get("precision")
-    if isinstance(value, str) and value:
-        return value
-    for p in ("int8", "fp16", "best"):
-        if f".{p}." in path.name:
-            return p
-    return "fp32"
+def model_precision(metadata: ModelMetadata, path: Path) -> str:
+    """fp32 / fp16 / int8, as the model's metadata says."""
+    return metadata.precision
 
 
 class Detector:
     """A model file opened for inference (``.onnx``, ``.engine`` or a ``.pt`` checkpoint).
 
-    ``backend``: ``auto`` (default) or any name :func:`open_backend` takes (``torch`` for ``.pt``);
+    ``backend``: ``auto`` (default) or any name of :data:`~stpm_edge.runtime.backends.select.BACKENDS`;
     ``threshold``: override the model's (normalised units); ``threads``: CPU inference threads.
     Not thread-safe: use one Detector per thread.
     """
@@ -169,9 +153,9 @@ class Detector:
                  threads: int | None = None) -> None:
         self.path = Path(model_path)
         self.backend = open_model(self.path, backend, threads)
-        self.metadata: dict[str, Any] = self.backend.metadata
+        self.metadata: ModelMetadata = self.backend.metadata
         self.input_spec: InputSpec = self.backend.input_spec
-        default = self.metadata.get("threshold", 0.5)
+        default = self.metadata.threshold
         self.threshold = check_threshold(default if threshold is None else threshold)
         self.precision = model_precision(self.metadata, self.path)
 

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from stpm_edge.runtime.backends.base import InputSpec
+from stpm_edge.artifact import InputSpec, ModelMetadata
 
 
-def to_model_input(images: Sequence[np.ndarray], spec: InputSpec, metadata: dict) -> np.ndarray:
+def to_model_input(images: Sequence[np.ndarray], spec: InputSpec, metadata: ModelMetadata) -> np.ndarray:
     """uint8 HxWx3 BGR images → the batch ``spec`` describes."""
     if spec.dtype == "uint8":
         size = (spec.width, spec.height)
@@ -22,6 +22,6 @@ def to_model_input(images: Sequence[np.ndarray], spec: InputSpec, metadata: dict
                          for img in images])
     from stpm_edge.data.preprocess import PreprocessSpec, preprocess_images
 
-    pre = metadata["preprocess"]
+    pre = metadata.preprocess
     pspec = PreprocessSpec((spec.height, spec.width), tuple(pre["mean"]), tuple(pre["std"]))
     return preprocess_images(images, pspec).numpy()

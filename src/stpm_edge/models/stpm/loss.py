@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import torch
 
-from stpm_edge.models.stpm.anomaly_map import level_distance
+from stpm_edge.models.stpm.head import level_distance
 
 
 def stpm_loss(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -2,29 +2,14 @@
 init) sharing one input, plus the anomaly-map head. Pure ``nn.Module``, no training code."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from stpm_edge.models.backbones import FeatureExtractor, create_backbone, get_spec, resolve_layers
-from stpm_edge.models.stpm.anomaly_map import AnomalyMapHead
-
-
-@dataclass(frozen=True)
-class STPMConfig:
-    """Architecture of an STPM model: backbone, levels, input size (h, w), blur σ (0 = off)."""
-
-    backbone: str = "efficientnet_lite0"
-    layers: tuple[str, ...] = ()
-    image_size: tuple[int, int] = (256, 256)
-    blur_sigma: float = 0.0
-
-    def resolved(self) -> "STPMConfig":
-        spec = get_spec(self.backbone)
-        return STPMConfig(self.backbone, resolve_layers(spec, self.layers or None),
-                          (int(self.image_size[0]), int(self.image_size[1])), float(self.blur_sigma))
+from stpm_edge.models.backbones import FeatureExtractor, create_backbone
+from stpm_edge.models.stpm.config import STPMConfig
+from stpm_edge.models.stpm.head import AnomalyMapHead
 
 
 class STPM(nn.Module):
@@ -34,26 +19,28 @@ class STPM(nn.Module):
     The teacher is frozen and stays in eval mode even when the module is put in training mode.
     """
 
-    def __init__(self, config: STPMConfig, teacher: FeatureExtractor, student: FeatureExtractor) -> None:
+    def __init__(self, config: STPMConfig, image_size: tuple[int, int], teacher: FeatureExtractor,
+                 student: FeatureExtractor) -> None:
         super().__init__()
         self.config = config
+        self.image_size = (int(image_size[0]), int(image_size[1]))
         self.teacher = teacher
         self.student = student
-        self.head = AnomalyMapHead(config.image_size, config.blur_sigma)
+        self.head = AnomalyMapHead(self.image_size, config.blur_sigma)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.teacher.eval()
 
     @classmethod
-    def build(cls, config: STPMConfig, *, pretrained: bool = True, teacher_weights: Path | None = None,
-              seed: int | None = None) -> "STPM":
+    def build(cls, config: STPMConfig, image_size: tuple[int, int], *, pretrained: bool = True,
+              teacher_weights: Path | None = None, seed: int | None = None) -> "STPM":
         """Teacher with ImageNet weights (``pretrained``), student randomly initialised."""
         config = config.resolved()
         teacher = create_backbone(config.backbone, config.layers, pretrained=pretrained, weights_file=teacher_weights)
         if seed is not None:
             torch.manual_seed(seed)
         student = create_backbone(config.backbone, config.layers, pretrained=False)
-        return cls(config, teacher, student)
+        return cls(config, image_size, teacher, student)
 
     def train(self, mode: bool = True) -> "STPM":
         super().train(mode)

@@ -15,15 +15,16 @@ import numpy as np
 import onnxruntime as ort
 
 from stpm_edge.errors import StpmError, first_line
-from stpm_edge.runtime.backends.base import (ANOMALY_MAP, METADATA_KEY, OUTPUT_NAMES, Backend, InputSpec,
-                                             parse_metadata)
+from stpm_edge.artifact import ANOMALY_MAP, OUTPUT_NAMES, InputSpec, ModelMetadata, parse_metadata
+from stpm_edge.runtime.backends.base import Backend
 
 logger = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-REQUESTS = ("auto", "cpu", "cuda", "tensorrt")
+ORT_TENSORRT = "ort-tensorrt"  # ONNX Runtime's TensorRT execution provider ("tensorrt" is our own backend)
+REQUESTS = ("auto", "cpu", "cuda", ORT_TENSORRT)
 
 # ORT's type strings for the element types of the contract.
 _ORT_TYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
@@ -38,7 +39,8 @@ def choose_providers(available: Sequence[str], requested: str = "auto") -> list[
     """The ordered provider list for ``requested`` given the ``available`` ones.
 
     ``auto`` → CUDA (if available) then CPU; ``cpu`` → CPU; ``cuda`` → CUDA, CPU;
-    ``tensorrt`` → TensorRT, CUDA (if available), CPU. The list always ends with CPU.
+    ``ort-tensorrt`` → ONNX Runtime's TensorRT provider, CUDA (if available), CPU (the
+    ``tensorrt`` backend is stpm-edge's own engine runner, not this). The list always ends with CPU.
     StpmError if an explicitly requested provider is not available or the request is unknown.
     """
     req = str(requested).strip().lower()
@@ -68,7 +70,7 @@ def _why(requested: str, chosen: Sequence[str]) -> str:
     return f"{req} requested"
 
 
-def _read_metadata(path: Path, session: ort.InferenceSession) -> dict[str, Any]:
+def _read_metadata(path: Path, session: ort.InferenceSession) -> ModelMetadata:
     return parse_metadata(session.get_modelmeta().custom_metadata_map, path)
 
 
@@ -116,7 +118,7 @@ def _check_graph(path: Path, session: ort.InferenceSession, spec: InputSpec) -> 
 class OnnxRuntimeBackend(Backend):
     """An exported model in an ONNX Runtime session.
 
-    ``providers``: ``auto`` | ``cpu`` | ``cuda`` | ``tensorrt`` (see :func:`choose_providers`).
+    ``providers``: ``auto`` | ``cpu`` | ``cuda`` | ``ort-tensorrt`` (see :func:`choose_providers`).
     ``threads``: intra-op thread count (default: ORT's choice). ``infer`` accepts any number
     of frames; fixed-batch models run in padded chunks (see ``runtime.backends.base``).
     """
@@ -142,11 +144,8 @@ class OnnxRuntimeBackend(Backend):
         except Exception as e:  # ORT raises several pybind exception types
             raise StpmError(f"{self.path}: not a loadable ONNX model ({first_line(e)})") from e
 
-        self.metadata: dict[str, Any] = _read_metadata(self.path, session)
-        try:
-            self.input_spec = InputSpec.from_dict(self.metadata["input"])
-        except StpmError as e:
-            raise StpmError(f"{self.path}: bad {METADATA_KEY!r} metadata: {e}") from e
+        self.metadata = _read_metadata(self.path, session)
+        self.input_spec = self.metadata.input
         _check_graph(self.path, session, self.input_spec)
         self._session: ort.InferenceSession | None = session
 

@@ -12,7 +12,9 @@
   Every step logs why. Engines of another precision are never picked silently (an INFO line
   names them);
 * ``tensorrt`` → that engine or a one-line error saying why not;
-* ``onnxruntime`` / ``cpu`` / ``cuda`` → ONNX Runtime with those providers (``.onnx`` only).
+* ``onnxruntime`` / ``cpu`` / ``cuda`` / ``ort-tensorrt`` → ONNX Runtime with those providers
+  (``.onnx`` only; ``ort-tensorrt`` is ONNX Runtime's TensorRT execution provider);
+* ``X.pt`` (a checkpoint) → PyTorch (``auto``, ``torch``, ``cpu`` or ``cuda``).
 """
 from __future__ import annotations
 
@@ -30,8 +32,11 @@ from stpm_edge.runtime.backends.engine_meta import (ENGINE_SUFFIX, PRECISIONS, G
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "cpu", "cuda")
-ORT_PROVIDERS = {"auto": "auto", "onnxruntime": "auto", "cpu": "cpu", "cuda": "cuda"}
+# The one backend registry: every name a user can pass (--backend, stpm_options.backend, Detector).
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "cpu", "cuda", "ort-tensorrt", "torch")
+ORT_PROVIDERS = {"auto": "auto", "onnxruntime": "auto", "cpu": "cpu", "cuda": "cuda", "ort-tensorrt": "ort-tensorrt"}
+CHECKPOINT_SUFFIX = ".pt"
+CHECKPOINT_BACKENDS = ("auto", "torch", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class TrtEnv:
 
 @dataclass(frozen=True)
 class BackendChoice:
-    kind: str  # "tensorrt" | "onnxruntime"
+    kind: str  # "tensorrt" | "onnxruntime" | "torch"
     path: Path
     providers: str | None
     reason: str
@@ -93,13 +98,20 @@ def choose_backend(path: Path, requested: str = "auto", *, engine: EngineCandida
     if req not in BACKENDS:
         raise StpmError(f"backend: unknown {requested!r} (choose one of {', '.join(BACKENDS)})")
     suffix = path.suffix.lower()
+    if suffix == CHECKPOINT_SUFFIX:
+        if req not in CHECKPOINT_BACKENDS:
+            raise StpmError(f"{path}: a .pt checkpoint runs with backend {', '.join(CHECKPOINT_BACKENDS)}, not "
+                            f"{requested!r} (export it with stpm-export for ONNX Runtime or TensorRT)")
+        return BackendChoice("torch", path, "cuda" if req == "cuda" else "cpu", f"{req}: {path.name} is a checkpoint")
+    if req == "torch":
+        raise StpmError(f"{path}: backend torch runs .pt checkpoints only")
     if suffix == ENGINE_SUFFIX:
         if req not in ("auto", "tensorrt"):
             raise StpmError(f"{path}: a TensorRT engine runs on the tensorrt backend only, not {requested!r} "
                             f"(pass the .onnx file for onnxruntime)")
         return BackendChoice("tensorrt", path, None, f"{req}: {path.name} is a TensorRT engine")
     if suffix != ".onnx":
-        raise StpmError(f"{path}: unknown model type {path.suffix!r} (expected .onnx or .engine)")
+        raise StpmError(f"{path}: unknown model type {path.suffix!r} (expected .onnx, .engine or .pt)")
     if req in ORT_PROVIDERS and req != "auto":
         return BackendChoice("onnxruntime", path, ORT_PROVIDERS[req], f"{req} requested")
     problem = _engine_problem(engine, trt, path)
@@ -163,7 +175,8 @@ def probe_tensorrt(device: int = 0) -> TrtEnv:
 
 
 def open_backend(path: str | Path, backend: str = "auto", threads: int | None = None) -> Backend:
-    """Open ``path`` (``.onnx`` or ``.engine``) with the requested backend (one-line StpmError)."""
+    """The one way to open a model file (``.onnx``, ``.engine`` or a ``.pt`` checkpoint) with the
+    requested backend (one-line StpmError)."""
     path = Path(path)
     req = str(backend).strip().lower()
     engine: EngineCandidate | None = None
@@ -180,6 +193,10 @@ def open_backend(path: str | Path, backend: str = "auto", threads: int | None = 
 
 
 def _open(choice: BackendChoice, threads: Any) -> Backend:
+    if choice.kind == "torch":
+        from stpm_edge.runtime.backends.torch import TorchBackend  # noqa: PLC0415
+
+        return TorchBackend(choice.path, device=choice.providers or "cpu", threads=threads)
     if choice.kind == "tensorrt":
         from stpm_edge.runtime.backends.tensorrt import TensorRTBackend  # noqa: PLC0415
 

@@ -1,5 +1,5 @@
 """PyTorch backend: runs a ``model.pt`` checkpoint through the very module the exporter traces
-(:class:`stpm_edge.export.graph.ExportGraph`), so a checkpoint answers exactly like its ONNX
+(:class:`stpm_edge.models.deploy.ExportGraph`), so a checkpoint answers exactly like its ONNX
 export (uint8 BGR frames at the model size in, normalised map and score out, any batch).
 
 Handy for trying a freshly trained model without exporting it; for deployment use the ONNX
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from stpm_edge.errors import StpmError, first_line
-from stpm_edge.runtime.backends.base import Backend, InputSpec
+from stpm_edge.runtime.backends.base import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +25,9 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None) -> None:
-        from stpm_edge.export.graph import ExportConfig, ExportGraph  # noqa: PLC0415
-        from stpm_edge.export.onnx_export import build_metadata  # noqa: PLC0415
-        from stpm_edge.models.checkpoint import file_sha256, load_checkpoint  # noqa: PLC0415
+        from stpm_edge.artifact import file_sha256  # noqa: PLC0415
+        from stpm_edge.models.deploy import ExportConfig, ExportGraph, build_metadata  # noqa: PLC0415
+        from stpm_edge.models.checkpoint import load_checkpoint  # noqa: PLC0415
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -43,8 +43,7 @@ class TorchBackend(Backend):
         cfg = ExportConfig(dynamic_batch=True).validated(meta)
         self._graph: torch.nn.Module | None = ExportGraph(model, meta, cfg).to(self.device).eval()
         self.metadata = build_metadata(meta, cfg, self.path, file_sha256(self.path))
-        self.metadata["precision"] = "fp32"
-        self.input_spec = InputSpec.from_dict(self.metadata["input"])
+        self.input_spec = self.metadata.input
         logger.info("%s: PyTorch %s on %s", self.path, torch.__version__, self.device)
 
     def infer(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

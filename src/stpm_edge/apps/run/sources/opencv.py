@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 
 from stpm_edge.errors import StpmError
-from stpm_edge.runtime.sources.gstreamer import (complete_pipeline, csi_pipeline, ffmpeg_capture_options,
+from stpm_edge.apps.run.sources.gstreamer import (complete_pipeline, csi_pipeline, ffmpeg_capture_options,
                                                  gstreamer_available, rtsp_pipeline)
-from stpm_edge.runtime.sources.uri import SourceSpec
+from stpm_edge.apps.run.sources.uri import SourceSpec
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,8 @@ the optimiser) followed by a plain convolution.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,13 +26,14 @@ def _is_dynamic_same(mod: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def make_static(module: nn.Module, example: torch.Tensor) -> nn.Module:
-    """Replace dynamic same-padding convolutions in ``module`` (in place) for ``example``'s size."""
+def make_static(module: nn.Module, run: Callable[[], Any]) -> nn.Module:
+    """Replace dynamic same-padding convolutions in ``module`` (in place) for the input sizes
+    they see while ``run()`` executes (a forward pass at the export size)."""
     sizes: dict[str, tuple[int, int]] = {}
     hooks = [m.register_forward_pre_hook(lambda m, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:])))
              for name, m in module.named_modules() if _is_dynamic_same(m)]
     try:
-        module(example)
+        run()
     finally:
         for h in hooks:
             h.remove()

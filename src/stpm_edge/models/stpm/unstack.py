@@ -1,7 +1,7 @@
 """Undo the stacked fusion in an exported ONNX graph: one trunk of doubled width → teacher
 and student as two trunks of the original width.
 
-The stacked trunk (:mod:`stpm_edge.export.fusion`) is the fastest FP32 form on ONNX
+The stacked trunk (:mod:`stpm_edge.models.stpm.fusion`) is the fastest FP32 form on ONNX
 Runtime's CPU kernels, but its grouped pointwise convolutions (``group=2``) are a slow
 path of ONNX Runtime's quantized convolution: on machine B of BENCHMARKS.md the stacked
 efficientnet_lite0's widest 1×1 convolution took 1.55 ms as one ``QLinearConv`` and
@@ -23,9 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from stpm_edge.export.graph import TRUNK_SCOPE
-
-STACKED_SCOPE = TRUNK_SCOPE + "trunk/"  # StackedTrunks.trunk; ParallelTrunks has teacher/ and student/
+STACKED_MODULE = "trunk"  # StackedTrunks.trunk; ParallelTrunks has teacher/ and student/
 HALVES = ("teacher", "student")
 # Ops that act on each channel alone (so they apply to each half unchanged).
 _PER_CHANNEL = {"Relu", "Clip", "Add", "Mul", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Identity",
@@ -43,8 +41,9 @@ class Unstacked:
     tensors: dict[str, tuple[str, str]] = field(default_factory=dict)  # stacked tensor → its halves
 
 
-def is_stacked(model: onnx.ModelProto) -> bool:
-    return any(n.name.startswith(STACKED_SCOPE) for n in model.graph.node)
+def is_stacked(model: onnx.ModelProto, scope: str) -> bool:
+    """Whether ``model`` has a stacked trunk under ``scope`` (its low-precision region, e.g. ``/net/trunks/trunk/``)."""
+    return scope.rstrip("/").endswith("/" + STACKED_MODULE) and any(n.name.startswith(scope) for n in model.graph.node)
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -61,9 +60,10 @@ def _half_name(name: str, half: str) -> str:
     return f"{name}/{half}"
 
 
-def unstack(model: onnx.ModelProto) -> Unstacked:
-    """The unstacked copy of ``model`` (which is left unchanged). Raises :class:`NotStacked`."""
-    if not is_stacked(model):
+def unstack(model: onnx.ModelProto, scope: str) -> Unstacked:
+    """The unstacked copy of ``model`` (which is left unchanged): the stacked trunk is the
+    nodes under ``scope``. Raises :class:`NotStacked`."""
+    if not is_stacked(model, scope):
         raise NotStacked("no stacked trunk in the graph (exported with --fusion parallel?)")
     consts = _constants(model)
     channels = _channels(model)
@@ -93,7 +93,7 @@ def unstack(model: onnx.ModelProto) -> Unstacked:
         return split_done[name]
 
     for node in model.graph.node:
-        if node.name.startswith(STACKED_SCOPE):
+        if node.name.startswith(scope):
             node_halves = [helper.make_node(node.op_type, [], [], name=_half_name(node.name, h), domain=node.domain)
                            for h in HALVES]
             for nh in node_halves:

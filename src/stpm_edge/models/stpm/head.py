@@ -1,4 +1,4 @@
-"""The STPM anomaly-map math — the single definition used by the loss, training,
+"""The STPM anomaly-map math (the method's head) — the single definition used by the loss, training,
 evaluation and the ONNX exporter (which traces :class:`AnomalyMapHead` unchanged).
 
 Per level ``l`` (Wang et al., "Student-Teacher Feature Pyramid Matching for Anomaly

@@ -133,8 +133,7 @@ def _write_video(data: Path, out: Path, cfg: DemoConfig) -> list[dict]:
 
 def _build(tmp: Path, cfg: DemoConfig, progress: Callable[[str], None]) -> dict:
     from stpm_edge.data.sample import make_sample_dataset  # noqa: PLC0415 - heavy imports only when building
-    from stpm_edge.export.graph import ExportConfig  # noqa: PLC0415
-    from stpm_edge.export.onnx_export import export_onnx  # noqa: PLC0415
+    from stpm_edge.export.pipeline import ExportPlan, export_all  # noqa: PLC0415
     from stpm_edge.train.trainer import TrainConfig, train  # noqa: PLC0415
 
     t0 = time.perf_counter()
@@ -149,7 +148,7 @@ def _build(tmp: Path, cfg: DemoConfig, progress: Callable[[str], None]) -> dict:
                                                      time_budget_min=cfg.budget_s / 60.0, patience=10, seed=cfg.seed))
     aurocs = [h.image_auroc for h in res.history if h.image_auroc is not None]
     progress("exporting to ONNX")
-    export_onnx(tmp / "model.pt", tmp, ExportConfig(), name="model")
+    export_all(tmp / "model.pt", tmp, ExportPlan(name="model"))
     progress("setting the threshold on good parts of the line")
     threshold, calib = _calibrate(tmp / "model.onnx", list_images(data / "test" / "good")[:N_CALIBRATION])
     progress("rendering the inspection video")

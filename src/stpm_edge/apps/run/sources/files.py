@@ -10,9 +10,9 @@ import cv2
 from stpm_edge.data.io import IMAGE_SUFFIXES, list_images, read_image_bgr
 from stpm_edge.errors import StpmError, first_line
 from stpm_edge.runtime.bgr import to_bgr
-from stpm_edge.runtime.sources.base import Capture, Status, VideoSource
-from stpm_edge.runtime.sources.opencv import quiet_opencv
-from stpm_edge.runtime.sources.uri import SourceSpec
+from stpm_edge.apps.run.sources.base import Capture, Status, VideoSource
+from stpm_edge.apps.run.sources.opencv import quiet_opencv
+from stpm_edge.apps.run.sources.uri import SourceSpec
 
 logger = logging.getLogger(__name__)
 

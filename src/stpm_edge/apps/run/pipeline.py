@@ -27,10 +27,10 @@ import numpy as np
 
 from stpm_edge.errors import StpmError, first_line
 from stpm_edge.runtime.detector import Detector, Result
-from stpm_edge.runtime.outputs import Rendered, Sink
+from stpm_edge.apps.run.outputs import Rendered, Sink
 from stpm_edge.runtime.overlay import HudInfo, OverlayStyle, draw_hud, render, short_label
-from stpm_edge.runtime.sources import Status, VideoSource
-from stpm_edge.runtime.stats import Ema, LatencyStats, is_rss_mark, rss_mb
+from stpm_edge.apps.run.sources import Status, VideoSource
+from stpm_edge.apps.run.stats import Ema, LatencyStats, is_rss_mark, rss_mb
 
 logger = logging.getLogger(__name__)
 

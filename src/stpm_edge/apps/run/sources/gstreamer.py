@@ -6,7 +6,7 @@ the newest decoded frame, so a slow consumer never builds up lag. Pipelines are 
 """
 from __future__ import annotations
 
-from stpm_edge.runtime.sources.uri import SourceOptions
+from stpm_edge.apps.run.sources.uri import SourceOptions
 
 APPSINK = "appsink drop=true max-buffers=1 sync=false"
 TO_BGR = "videoconvert ! video/x-raw,format=BGR"

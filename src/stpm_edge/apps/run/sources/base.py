@@ -14,7 +14,7 @@ from types import TracebackType
 
 import numpy as np
 
-from stpm_edge.runtime.sources.uri import SourceSpec
+from stpm_edge.apps.run.sources.uri import SourceSpec
 
 
 class Status(enum.Enum):

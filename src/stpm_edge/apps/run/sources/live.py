@@ -20,8 +20,8 @@ import numpy as np
 
 from stpm_edge.errors import StpmError, first_line
 from stpm_edge.runtime.bgr import to_bgr
-from stpm_edge.runtime.sources.base import Capture, Status, VideoSource
-from stpm_edge.runtime.sources.uri import SourceSpec
+from stpm_edge.apps.run.sources.base import Capture, Status, VideoSource
+from stpm_edge.apps.run.sources.uri import SourceSpec
 
 logger = logging.getLogger(__name__)
 

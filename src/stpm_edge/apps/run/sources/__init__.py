@@ -7,11 +7,11 @@
 """
 from __future__ import annotations
 
-from stpm_edge.runtime.sources.base import Capture, SourceStats, Status, VideoSource
-from stpm_edge.runtime.sources.files import ImageFolderSource, VideoFileSource
-from stpm_edge.runtime.sources.live import LiveSource, ReconnectPolicy
-from stpm_edge.runtime.sources.opencv import capture_plan, is_jetson, open_capture, opencv_has_gstreamer
-from stpm_edge.runtime.sources.uri import SourceOptions, SourceSpec, check_options, parse_uri
+from stpm_edge.apps.run.sources.base import Capture, SourceStats, Status, VideoSource
+from stpm_edge.apps.run.sources.files import ImageFolderSource, VideoFileSource
+from stpm_edge.apps.run.sources.live import LiveSource, ReconnectPolicy
+from stpm_edge.apps.run.sources.opencv import capture_plan, is_jetson, open_capture, opencv_has_gstreamer
+from stpm_edge.apps.run.sources.uri import SourceOptions, SourceSpec, check_options, parse_uri
 
 __all__ = ["Capture", "ImageFolderSource", "LiveSource", "ReconnectPolicy", "SourceOptions", "SourceSpec",
            "SourceStats", "Status", "VideoFileSource", "VideoSource", "make_source", "open_source", "parse_uri"]

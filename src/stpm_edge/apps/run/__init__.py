@@ -1,0 +1,1 @@
+"""``stpm-run``: video sources (URIs), the bounded capture → inference → render pipeline, and its outputs."""
