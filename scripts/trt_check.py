@@ -91,7 +91,7 @@ def run(args) -> tuple[dict, list[Check]]:
     from stpm_edge.data.mvtec import load_dataset
     from stpm_edge.eval.compare import compare_backends, gate
     from stpm_edge.eval.evaluate import load_test
-    from stpm_edge.export.graph import ExportConfig
+    from stpm_edge.models.deploy import ExportConfig
     from stpm_edge.export.onnx_export import export_onnx
     from stpm_edge.export.tensorrt import BuildOptions, build_engine, caps_from_module
     from stpm_edge.export.variants import write_fp16, write_int8
