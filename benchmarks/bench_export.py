@@ -58,8 +58,8 @@ def bench(backbone: str, size: int, rounds: int, per_round: int) -> dict:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             sessions[fusion] = ort.InferenceSession(str(res.onnx_path), opts, providers=["CPUExecutionProvider"])
         model, meta = load_checkpoint(ckpt)
-        eager = ExportGraph(model, meta, ExportConfig(fusion="parallel").validated(meta)).eval()
-        eager_cl = ExportGraph(*load_checkpoint(ckpt), ExportConfig(fusion="parallel").validated(meta)).eval()
+        eager = ExportGraph(model, meta, ExportConfig(method_options={"fusion": "parallel"}).validated(meta)).eval()
+        eager_cl = ExportGraph(*load_checkpoint(ckpt), ExportConfig(method_options={"fusion": "parallel"}).validated(meta)).eval()
         eager_cl = eager_cl.to(memory_format=torch.channels_last)
     frames = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     tf = torch.from_numpy(frames)

@@ -10,7 +10,8 @@ from stpm_edge.data.sample import make_sample_dataset
 from stpm_edge.train.trainer import TrainConfig, train
 
 # A small but real configuration: few epochs at a low resolution keep the suite fast on 2 cores.
-SMALL_TRAIN = dict(image_size=96, epochs=3, batch_size=8, time_budget_min=0, patience=10, seed=0)
+# (3 epochs ranked the painted defects on one CPU and not on another: 6 is robust across machines.)
+SMALL_TRAIN = dict(image_size=96, epochs=6, batch_size=8, time_budget_min=0, patience=10, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -147,6 +147,8 @@ def test_colour_scale_is_fixed():
 def test_labels():
     assert short_label("onnxruntime (CUDAExecutionProvider, CPUExecutionProvider) fp16") == "onnxruntime CUDA fp16"
     assert short_label("tensorrt int8") == "tensorrt int8"
-    assert model_precision({}, Path("m.fp16.onnx")) == "fp16"
-    assert model_precision({"precision": "int8"}, Path("m.onnx")) == "int8"
-    assert model_precision({}, Path("model.onnx")) == "fp32"
+    from stpm_edge.artifact import ModelMetadata
+
+    spec = {"name": "frames", "dtype": "uint8", "layout": "NHWC", "color": "BGR", "batch": 1, "height": 8, "width": 8}
+    assert model_precision(ModelMetadata.from_dict({"input": spec, "precision": "int8"}), Path("m.onnx")) == "int8"
+    assert model_precision(ModelMetadata.from_dict({"input": spec}), Path("model.onnx")) == "fp32"

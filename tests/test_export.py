@@ -94,7 +94,7 @@ def test_stacked_trunk_computes_the_same_features_as_two_branches():
 
 
 def test_graph_is_clean_and_tensorrt_85_parseable(small_model, tmp_path):
-    for cfg in (ExportConfig(), ExportConfig(fusion="parallel", dynamic_batch=True, frame_size=(120, 160))):
+    for cfg in (ExportConfig(), ExportConfig(method_options={"fusion": "parallel"}, dynamic_batch=True, frame_size=(120, 160))):
         res = export_onnx(small_model, tmp_path / cfg.method_options.get("fusion", "stacked"), cfg)
         model = onnx.load(res.onnx_path)
         onnx.checker.check_model(model, full_check=True)

@@ -24,7 +24,8 @@ from stpm_edge.errors import StpmError
 from stpm_edge.eval.compare import GateVerdict, VariantResult, compare_models, gate
 from stpm_edge.models.deploy import ExportConfig
 
-TRUNK_SCOPE = "/net/trunks/"  # STPM's low-precision regions (models/stpm/method.py low_precision)
+TRUNK_SCOPE = "/net/trunks/"  # where STPM's low-precision regions live (models/stpm/method.py low_precision)
+STACKED = TRUNK_SCOPE + "trunk/"  # the region of a stacked export
 from stpm_edge.export.onnx_export import export_onnx
 from stpm_edge.export.precision import precision_of, to_fp16
 from stpm_edge.export.trt_ops import unsupported_ops
@@ -139,7 +140,7 @@ def test_int8_accuracy_on_sample_data(int8_files: dict, exported: Path, brick_da
 
 def test_keep_float_edges(exported: Path) -> None:
     model = onnx.load(str(exported))
-    first, last = edge_convs(model, "first", (TRUNK_SCOPE,)), edge_convs(model, "last", (TRUNK_SCOPE,))
+    first, last = edge_convs(model, "first", (STACKED,)), edge_convs(model, "last", (STACKED,))
     assert len(first) == 1 and first[0].startswith(TRUNK_SCOPE) and last and not set(first) & set(last)
 
 
@@ -147,13 +148,13 @@ def test_keep_float_a_trunk_module(exported: Path, brick_data: Path, tmp_path: P
     from stpm_edge.calibration.quantize import module_nodes, nodes_to_quantize, region_modules
 
     model = onnx.load(str(exported))
-    assert region_modules(model, (TRUNK_SCOPE,))[:2] == ["stem", "stages.0"]
-    stage0 = module_nodes(model, "stages.0", (TRUNK_SCOPE,))
-    names, keep = nodes_to_quantize(model, (TRUNK_SCOPE,), ("stages.0",))
+    assert region_modules(model, (STACKED,))[:2] == ["stem", "stages.0"]
+    stage0 = module_nodes(model, "stages.0", (STACKED,))
+    names, keep = nodes_to_quantize(model, (STACKED,), ("stages.0",))
     assert stage0 and keep == stage0 and not set(names) & set(stage0)
-    assert module_nodes(model, "stages.0.0/conv_pw", (TRUNK_SCOPE,)) == [n for n in stage0 if "/conv_pw/" in n]
+    assert module_nodes(model, "stages.0.0/conv_pw", (STACKED,)) == [n for n in stage0 if "/conv_pw/" in n]
     with pytest.raises(StpmError, match=r"--keep-float stages\.9: no such part.*stem, stages\.0"):
-        nodes_to_quantize(model, (TRUNK_SCOPE,), ("stages.9",))
+        nodes_to_quantize(model, (STACKED,), ("stages.9",))
     # written: the stage's convolutions keep float weights, the others are fed by DequantizeLinear
     work = tmp_path / "m"
     work.mkdir()
@@ -365,7 +366,7 @@ def test_cpu_form_is_quantized_from_the_unstacked_trunks(int8_files: dict, expor
     from stpm_edge.models.stpm.unstack import NotStacked, unstack
 
     stacked = onnx.load(str(exported))
-    un = unstack(stacked)
+    un = unstack(stacked, STACKED)
     inp = stacked.graph.input[0]
     shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]  # (1, H, W, 3) uint8 frames
     frames = {inp.name: (np.random.default_rng(0).random(shape) * 255).astype(np.uint8)}
@@ -397,10 +398,10 @@ def test_cpu_form_is_quantized_from_the_unstacked_trunks(int8_files: dict, expor
     odd.CopyFrom(stacked)
     next(n for n in odd.graph.node if n.name.startswith(TRUNK_SCOPE) and n.op_type in ("Clip", "Relu")).op_type = "Softmax"
     with pytest.raises(NotStacked, match="Softmax is not a stacked-trunk op"):
-        unstack(odd)
-    parallel = export_onnx(small_model, tmp_path, ExportConfig(frame_size=(128, 128), fusion="parallel")).onnx_path
+        unstack(odd, STACKED)
+    parallel = export_onnx(small_model, tmp_path, ExportConfig(frame_size=(128, 128), method_options={"fusion": "parallel"})).onnx_path
     with pytest.raises(NotStacked, match="parallel"):
-        unstack(onnx.load(str(parallel)))
+        unstack(onnx.load(str(parallel)), STACKED)
 
 
 def test_comparison_labels_tell_equal_file_names_apart() -> None:
@@ -469,4 +470,4 @@ def test_unstack_refuses_a_graph_that_does_not_check(exported: Path) -> None:
     conv = next(n for n in broken.graph.node if n.name.startswith(TRUNK_SCOPE) and n.op_type == "Conv")
     conv.attribute.append(onnx.helper.make_attribute("no_such_attribute", 1))
     with pytest.raises(NotStacked):
-        unstack(broken)
+        unstack(broken, STACKED)

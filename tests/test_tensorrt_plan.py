@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stpm_edge.errors import StpmError
-from stpm_edge.export.trt_plan import (TRUNK_PREFIXES, BuildOptions, TrtCaps, calibration_profile,
+from stpm_edge.export.trt_plan import (BuildOptions, TrtCaps, calibration_profile,
                                        default_calib_cache, default_timing_cache, keep_fp32, network_flags,
                                        plan_build, profile_shapes)
 from stpm_edge.runtime.backends.base import InputSpec
@@ -320,19 +320,23 @@ def test_profile_shapes():
     ("/head/Shape", "SHAPE", ["FLOAT"], ["INT64"], False),
     ("/head/Concat", "CONCATENATION", ["INT64", "INT64"], ["INT64"], False),
     ("/head/Constant_14_output_0", "CONSTANT", [], ["FLOAT"], False),
-    ("/trunks/trunk/stem/stem.0/stem.0.1/Conv", "CONVOLUTION", ["FLOAT"], ["FLOAT"], False),
-    ("/trunks/teacher/stages.4/Add", "ELEMENTWISE", ["FLOAT", "FLOAT"], ["FLOAT"], False),
-    ("/trunks/Slice_5", "SLICE", ["FLOAT"], ["FLOAT"], False),
+    ("/net/trunks/trunk/stem/stem.0/stem.0.1/Conv", "CONVOLUTION", ["FLOAT"], ["FLOAT"], False),
+    ("/net/trunks/teacher/stages.4/Add", "ELEMENTWISE", ["FLOAT", "FLOAT"], ["FLOAT"], False),
+    ("/net/trunks/Slice_5", "SLICE", ["FLOAT"], ["FLOAT"], True),  # outside the regions: FP32
     ("(Unnamed Layer* 12) [Shuffle]", "SHUFFLE", ["FLOAT"], ["FLOAT"], True),  # unknown helpers: safe side
 ])
 def test_keep_fp32(name, ltype, ins, outs, keep):
-    assert keep_fp32(name, ltype, ins, outs) is keep
+    assert keep_fp32(name, ltype, ins, outs, ("/net/trunks/trunk/", "/net/trunks/teacher/")) is keep
 
 
-def test_trunk_prefix_is_the_exporters_scope():
-    from stpm_edge.models.deploy import TRUNK_SCOPE
+def test_regions_are_the_exporters_scopes(small_model, tmp_path):
+    """The plan pins by the regions the export wrote into the metadata (the method's low_precision)."""
+    from stpm_edge.artifact import read_onnx_metadata
+    from stpm_edge.export.onnx_export import export_onnx
 
-    assert TRUNK_PREFIXES == (TRUNK_SCOPE,)
+    meta = read_onnx_metadata(export_onnx(small_model, tmp_path).onnx_path)
+    assert meta.lowp.fp16 == ("/net/trunks/trunk/",)
+    assert not keep_fp32("/net/trunks/trunk/stem/Conv", "CONVOLUTION", ["FLOAT"], ["FLOAT"], meta.lowp.fp16)
 
 
 def test_cache_paths(tmp_path):

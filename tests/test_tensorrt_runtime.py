@@ -212,8 +212,11 @@ def test_choose_onnx_explicit(tmp_path):
         choose_backend(onnx_path, "tensorrt")
     with pytest.raises(StpmError, match="unknown 'gpu'"):
         choose_backend(onnx_path, "gpu")
-    with pytest.raises(StpmError, match="unknown model type '.pt'"):
-        choose_backend(Path("m.pt"))
+    with pytest.raises(StpmError, match="unknown model type '.bin'"):
+        choose_backend(Path("m.bin"))
+    assert choose_backend(Path("m.pt")).kind == "torch"  # checkpoints open the same way
+    with pytest.raises(StpmError, match="checkpoint runs with backend"):
+        choose_backend(Path("m.pt"), "tensorrt")
 
 
 def test_find_engine_checks_the_source_hash(tmp_path, caplog):

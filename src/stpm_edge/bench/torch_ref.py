@@ -52,9 +52,11 @@ class TorchEager(Backend):
 
     def __init__(self, checkpoint: Path, device: str = "cpu", precision: str = "fp32", *, cuda_graph: bool = False,
                  memory_format: str = "auto", threads: int | None = None) -> None:
-        from stpm_edge.models.deploy import ExportConfig, ExportGraph  # noqa: PLC0415
-        from stpm_edge.export.onnx_export import build_metadata  # noqa: PLC0415
-        from stpm_edge.models.checkpoint import file_sha256, load_checkpoint  # noqa: PLC0415
+        from dataclasses import replace  # noqa: PLC0415
+
+        from stpm_edge.artifact import file_sha256  # noqa: PLC0415
+        from stpm_edge.models.checkpoint import load_checkpoint  # noqa: PLC0415
+        from stpm_edge.models.deploy import ExportConfig, ExportGraph, build_metadata  # noqa: PLC0415
 
         if device not in ("cpu", "cuda"):
             raise StpmError(f"torch device {device!r}: expected cpu or cuda")
@@ -77,9 +79,8 @@ class TorchEager(Backend):
         model, meta = load_checkpoint(self.path)
         cfg = ExportConfig(dynamic_batch=True).validated(meta)
         self._graph: torch.nn.Module | None = ExportGraph(model, meta, cfg).to(self.device).eval()
-        self.metadata = build_metadata(meta, cfg, self.path, file_sha256(self.path))
-        self.metadata["precision"] = precision
-        self.input_spec = InputSpec.from_dict(self.metadata["input"])
+        self.metadata = replace(build_metadata(meta, cfg, self.path, file_sha256(self.path)), precision=precision)
+        self.input_spec = self.metadata.input
         self.memory_format = "contiguous"
         self._requested_format = memory_format
         self._graphs: dict[int, _Captured] = {}

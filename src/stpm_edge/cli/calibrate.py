@@ -70,11 +70,20 @@ def comparison_table(rows: list, title: str) -> Table:
 
 
 def rich_stages(progress: Progress):
-    """A :data:`stpm_edge.export.pipeline.Stage` sink drawing each stage as a rich progress bar."""
+    """A :data:`stpm_edge.export.pipeline.Stage` sink drawing each stage as a rich progress bar.
+    The display starts with the first stage, so an error before any work prints only its line."""
     def stage(description: str, total: int | None):
+        if not progress.live.is_started and not progress.disable:
+            progress.start()
         task = progress.add_task(description, total=total)
         return lambda n=1: progress.advance(task, n)
     return stage
+
+
+def stage_progress(quiet: bool) -> Progress:
+    """The progress display of a multi-stage command (not started until a stage begins)."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True, disable=quiet)
 
 
 def int8_plan(calib: Optional[Path], *, count: int, seed: int, method: str, keep_float: str | None, forms: str,
@@ -111,10 +120,13 @@ def int8_step(fp32_path: Path, plan, *, quiet: bool) -> dict:
     from stpm_edge.export.pipeline import int8_summary, prepare_int8, run_int8  # noqa: PLC0415
 
     metadata = read_onnx_metadata(fp32_path)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=quiet) as progress:
+    progress = stage_progress(quiet)
+    try:
         stage = rich_stages(progress)
         result = run_int8(fp32_path, prepare_int8(plan, metadata, stage), stage)
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     if not quiet:
         print_int8(result, plan, fp32_path)
     return int8_summary(result, plan)

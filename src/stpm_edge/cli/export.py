@@ -6,10 +6,8 @@ from typing import Optional
 
 import typer
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from stpm_edge.cli.calibrate import (CALIB_COUNT, CALIB_METHOD, INT8_FORMS, KEEP_FLOAT_OPT, MAX_AUROC_DROP, SEED,
-                                     VAL, int8_plan, print_int8, rich_stages)
+                                     VAL, int8_plan, print_int8, rich_stages, stage_progress)
 from stpm_edge.cli.common import console, print_json, setup_logging, user_errors
 from stpm_edge.errors import StpmError
 from stpm_edge.models.deploy import ExportConfig
@@ -87,9 +85,12 @@ def export_cmd(
     cfg = ExportConfig(input_mode, parse_size(frame_size), map_size, batch, dynamic_batch, opset, blur,
                        {"fusion": fusion} if fusion else {})
     plan = ExportPlan(cfg, name, fp16, plan_int8, engine_options)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=json_out) as progress:
+    progress = stage_progress(json_out)
+    try:
         manifest = export_all(model, out_dir, plan, allow_pickle=trust_checkpoint, stage=rich_stages(progress))
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     if json_out:
         print_json(manifest.summary)
         return

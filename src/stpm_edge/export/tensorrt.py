@@ -44,7 +44,7 @@ import numpy as np
 from stpm_edge.data.io import atomic_path
 from stpm_edge.errors import StpmError, first_line
 from stpm_edge.export.trt_plan import (CALIBRATOR_CLASSES, BuildOptions, BuildPlan, ProfileShapes, TrtCaps,
-                                       default_timing_cache, is_trunk_layer, keep_fp32, plan_build)
+                                       default_timing_cache, in_region, keep_fp32, plan_build)
 from stpm_edge.runtime.backends.base import ANOMALY_MAP, SCORE, InputSpec, parse_metadata
 from stpm_edge.runtime.backends.engine_meta import (ENGINE_FORMAT, ENGINE_FORMAT_VERSION, PRECISIONS, GpuInfo,
                                                     engine_path_for, onnx_path_for, parse_trt_version,
@@ -114,7 +114,7 @@ def read_onnx_stpm_metadata(path: Path) -> dict:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf decode errors of many kinds
         raise StpmError(f"{path}: not a readable ONNX file ({first_line(e)})") from None
-    return parse_metadata({p.key: p.value for p in model.metadata_props}, path)
+    return parse_metadata({p.key: p.value for p in model.metadata_props}, path).to_dict()
 
 
 def onnx_files_beside(model_path: Path) -> dict[str, Path]:
@@ -259,8 +259,9 @@ def _check_network_io(network: Any, spec: InputSpec, path: Path) -> None:
                         f"[{spec.name!r}] and [{ANOMALY_MAP!r}, {SCORE!r}])")
 
 
-def pin_head_fp32(trt: Any, network: Any) -> tuple[int, int]:
-    """Pin every non-trunk float layer to FP32 (see :func:`keep_fp32`); returns (pinned, trunk layers)."""
+def pin_head_fp32(trt: Any, network: Any, regions: tuple[str, ...]) -> tuple[int, int]:
+    """Pin every float layer outside the low-precision ``regions`` to FP32 (see :func:`keep_fp32`);
+    returns (pinned, layers in the regions)."""
     pinned = trunk = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
@@ -268,12 +269,12 @@ def pin_head_fp32(trt: Any, network: Any) -> tuple[int, int]:
         outs = [layer.get_output(j) for j in range(layer.num_outputs)]
         in_types = [enum_name(t.dtype) for t in ins if t is not None]
         out_types = [enum_name(t.dtype) for t in outs if t is not None]
-        if keep_fp32(layer.name, enum_name(layer.type), in_types, out_types):
+        if keep_fp32(layer.name, enum_name(layer.type), in_types, out_types, regions):
             layer.precision = trt.float32
             for j in range(layer.num_outputs):
                 layer.set_output_type(j, trt.float32)
             pinned += 1
-        elif is_trunk_layer(layer.name):
+        elif in_region(layer.name, regions):
             trunk += 1
     return pinned, trunk
 
@@ -360,10 +361,11 @@ def build_engine(onnx_path: Path, precision: str = "fp32", options: BuildOptions
         config.builder_optimization_level = plan.optimization_level
     pinned = trunk = 0
     if plan.pin_head_fp32:
-        pinned, trunk = pin_head_fp32(trt, network)
+        regions = tuple(given_meta.get("lowp", {}).get("fp16", ()))
+        pinned, trunk = pin_head_fp32(trt, network, regions)
         if trunk == 0:
-            logger.warning("no trunk layers found by name (%s...): the %s build runs every layer in FP32",
-                           "/trunks/", precision)
+            logger.warning("no layers of the low-precision regions found by name (%s): the %s build runs every "
+                           "layer in FP32", ", ".join(regions) or "none declared", precision)
     if plan.profile is not None and config.add_optimization_profile(_profile(builder, spec.name, plan.profile)) < 0:
         raise StpmError(f"TensorRT rejected the batch profile {plan.profile.to_dict()} ({log.last_error()})")
     if plan.dla_core is not None:

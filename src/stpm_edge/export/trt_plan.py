@@ -53,11 +53,6 @@ FP16_MODES = ("auto", "typed", "flags")
 INT8_MODES = ("auto", "qdq", "calibrator")
 CALIB_METHODS = ("minmax", "entropy")
 CALIBRATOR_CLASSES = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
-# Layers whose (ONNX node → TensorRT layer) name starts with one of these may run in reduced
-# precision; every other floating-point layer is pinned to FP32. The exporter traces the
-# trunks as the submodule ``trunks`` (``/trunks/trunk/...`` stacked, ``/trunks/teacher|student/...``
-# parallel); the TensorRT ONNX parser names each layer after its node (ImporterContext::registerLayer).
-TRUNK_PREFIXES = ("/trunks/",)
 FLOAT_TYPES = ("FLOAT", "HALF", "BF16")
 INDEX_TYPES = ("INT32", "INT64")
 SKIP_LAYER_TYPES = ("CONSTANT", "SHAPE", "ASSERTION")
@@ -200,12 +195,14 @@ def network_flags(caps: TrtCaps, strongly_typed: bool) -> tuple[str, ...]:
     return tuple(flags)
 
 
-def keep_fp32(layer_name: str, layer_type: str, input_types: list[str], output_types: list[str]) -> bool:
+def keep_fp32(layer_name: str, layer_type: str, input_types: list[str], output_types: list[str],
+              regions: tuple[str, ...]) -> bool:
     """Whether the flag-based FP16/INT8 builds pin this layer to FP32.
 
-    Every floating-point layer outside the trunks (``TRUNK_PREFIXES``) is pinned: the STPM head
-    squares, sums and divides feature vectors (L2 normalisation overflows FP16) and multiplies
-    small per-level distances (underflow); preprocessing and normalisation are cheap.
+    Every floating-point layer outside the method's low-precision regions (``regions``: the
+    node-name scopes of the model's metadata, ``lowp.fp16``) is pinned: heads square, sum and
+    divide feature vectors (L2 normalisation overflows FP16) and multiply small distances
+    (underflow); preprocessing and normalisation are cheap.
     Left alone: constants and shape layers, layers with a non-float output (shape arithmetic,
     bools) and layers reading 8-bit or bool tensors (the uint8 frame cast) -- their precision
     is not a floating-point choice. Int32/int64 inputs (indices, Resize sizes) are allowed.
@@ -216,11 +213,12 @@ def keep_fp32(layer_name: str, layer_type: str, input_types: list[str], output_t
         return False
     if any(t not in FLOAT_TYPES + INDEX_TYPES for t in input_types):
         return False
-    return not is_trunk_layer(layer_name)
+    return not in_region(layer_name, regions)
 
 
-def is_trunk_layer(layer_name: str) -> bool:
-    return any(layer_name.startswith(p) for p in TRUNK_PREFIXES)
+def in_region(layer_name: str, regions: tuple[str, ...]) -> bool:
+    """Whether a TensorRT layer (named after its ONNX node) lies in a low-precision region."""
+    return any(layer_name.startswith(p) for p in regions)
 
 
 def _workspace(options: BuildOptions) -> int | None:

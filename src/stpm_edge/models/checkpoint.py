@@ -158,19 +158,20 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: ModelMeta) -> None
 
 
 def _what_it_is(path: Path) -> str:
-    """A hint for a file that is not a checkpoint at all."""
+    """What a file that is not a loadable checkpoint is, in words (never a hint to unpickle it)."""
     try:
         with open(path, "rb") as f:
             head = f.read(8)
-    except OSError:
-        return "unreadable"
-    if head.startswith(b"PK"):
-        return "a zip archive that is not a PyTorch checkpoint"
-    if head[:1] == b"\x80":
-        return "a pickle (not stpm-edge's format)"
+    except OSError as e:
+        return f"not a readable checkpoint ({e.strerror or type(e).__name__})"
     if path.suffix.lower() in (".onnx", ".engine"):
-        return f"an {path.suffix} model, not a checkpoint (pass it to stpm-eval/stpm-run as it is)"
-    return "not a PyTorch checkpoint"
+        return f"not a checkpoint but an exported {path.suffix} model (pass it to stpm-eval/stpm-run as it is)"
+    if head.startswith(b"PK"):
+        return "not a readable checkpoint (a truncated or damaged file, or a zip archive of something else)"
+    if head[:1] == b"\x80":
+        return ("not a readable checkpoint (a raw pickle stream, not PyTorch's format; if it is a full-pickle "
+                "checkpoint you trust, pass --trust-checkpoint)")
+    return "not a readable checkpoint (not a PyTorch file)"
 
 
 def read_checkpoint_dict(path: Path, *, allow_pickle: bool = False) -> dict:
