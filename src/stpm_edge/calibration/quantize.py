@@ -221,6 +221,10 @@ def quantize(fp32_path: Path, frames: CalibrationFrames, outputs: dict[str, Path
     has_cache = "calibration_cache_path" in inspect.signature(q.quantize_static).parameters
     reader = OrtReader(frames, on_batch=progress)
     with tempfile.TemporaryDirectory(prefix="stpm-calib-") as tmp:
+        # ONNX Runtime writes helper files beside the model it quantizes (``<name>-inferred.onnx``):
+        # work on a private copy so that nothing is ever left beside the user's model.
+        fp32_path = Path(tmp) / "source.onnx"
+        onnx.save(model, str(fp32_path))
         cache = Path(tmp) / "ranges.json"
         if options.method == "entropy":
             if has_cache:
@@ -259,7 +263,11 @@ def quantize(fp32_path: Path, frames: CalibrationFrames, outputs: dict[str, Path
                     raise
                 except Exception as e:  # noqa: BLE001 - ORT raises many types
                     raise StpmError(f"INT8 quantization failed ({first_line(e)})") from e
-            written = onnx.load(str(out))
+            try:
+                written = onnx.load(str(out))
+            except Exception as e:  # noqa: BLE001 - a truncated write (full disk) decodes as garbage
+                raise StpmError(f"INT8: the quantized {form} graph could not be written completely "
+                                f"({type(e).__name__}; disk full?)") from None
             if align_activation_inputs(written):
                 onnx.save(written, str(out))
     return QuantizeReport(names, keep, time.perf_counter() - t0)

@@ -83,7 +83,7 @@ def bench_cmd(
                       warmup, iters, threads, cuda_graphs, calib, calib_count, peak, isolate, work_dir)
     cfg.validated()
     if console.is_terminal:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as progress:
             task = progress.add_task("starting", total=None)
 
@@ -99,7 +99,7 @@ def bench_cmd(
         result = run_bench(cfg, status)
     result["command"] = "stpm-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     for w in result["warnings"]:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        console.print(f"warning: {w}", style="yellow", highlight=False)
     if json_out:
         print_json(result)
         return

@@ -82,7 +82,7 @@ def rich_stages(progress: Progress):
 
 def stage_progress(quiet: bool) -> Progress:
     """The progress display of a multi-stage command (not started until a stage begins)."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=True, disable=quiet)
 
 

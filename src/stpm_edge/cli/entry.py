@@ -6,18 +6,40 @@ umbrella ``stpm`` command (:mod:`stpm_edge.cli.app`) imports every verb.
 from __future__ import annotations
 
 import importlib
-
-import typer
+import os
+import sys
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
+EXIT_INTERRUPTED = 130
+
+# Native libraries' own stderr chatter (FFmpeg inside OpenCV: "moov atom not found",
+# "[tcp @ ...] Connection refused", ...): our one-line errors say what went wrong. Set before
+# OpenCV is imported; a user's own setting wins.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+
+
+def guarded(prog: str, start) -> None:
+    """Run ``start()`` so that Ctrl-C at any time, even while the command's imports run, ends
+    with ``prog: interrupted`` and exit code 130 instead of a traceback."""
+    try:
+        start()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
 
 
 def single(module: str, command: str, prog: str) -> None:
     """Run ``stpm_edge.cli.<module>.<command>`` as a one-command Typer app named ``prog``."""
-    fn = getattr(importlib.import_module(f"stpm_edge.cli.{module}"), command)
-    app = typer.Typer(name=prog, context_settings=CONTEXT, add_completion=False)
-    app.command()(fn)
-    app(prog_name=prog)
+    def start() -> None:
+        import typer  # noqa: PLC0415
+
+        fn = getattr(importlib.import_module(f"stpm_edge.cli.{module}"), command)
+        app = typer.Typer(name=prog, context_settings=CONTEXT, add_completion=False)
+        app.command()(fn)
+        app(prog_name=prog)
+
+    guarded(prog, start)
 
 
 def train_main() -> None:
@@ -42,3 +64,8 @@ def run_main() -> None:
 
 def bench_main() -> None:
     single("bench", "bench_cmd", "stpm-bench")
+
+
+def stpm_main() -> None:
+    """The umbrella ``stpm`` command; its imports run under the Ctrl-C guard."""
+    guarded("stpm", lambda: importlib.import_module("stpm_edge.cli.app").main())

@@ -6,7 +6,6 @@ from typing import List
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.markup import escape
 from rich.table import Table
 
 from stpm_edge.cli.common import console, print_json, setup_logging, user_errors
@@ -41,6 +40,8 @@ def eval_cmd(
 ) -> None:
     """Evaluate a checkpoint: image AUROC, pixel AUROC, PRO (AUPRO to FPR 0.3) and F1 at the stored threshold."""
     setup_logging(verbose)
+    if batch_size < 1:
+        raise StpmError(f"--batch-size {batch_size}: must be at least 1")
     if compare or variants:
         _compare(model, data, compare, variants, device, batch_size, json_out)
         return
@@ -55,7 +56,7 @@ def eval_cmd(
     if not dataset.has_test:
         raise StpmError(f"{data}: no test split with both good and defective images (expected test/good and test/<type>)")
     n = len(dataset.test)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True, disable=json_out) as progress:
         task = progress.add_task("evaluating", total=2 * n)
         step = lambda k: progress.advance(task, k)  # noqa: E731
@@ -76,7 +77,7 @@ def eval_cmd(
     if result.f1:
         table.add_row("F1 @ stored threshold", f"{result.f1['f1']:.4f} (P {result.f1['precision']:.3f} R {result.f1['recall']:.3f})")
     for t, v in result.per_type.items():
-        table.add_row(escape(f"  image AUROC [{t}]"), _fmt(v))
+        table.add_row(f"  image AUROC [{t}]", _fmt(v))
     table.add_row("images (defective)", f"{result.n_images} ({result.n_defective})")
     table.add_row("ms / image", f"{result.ms_per_image:.1f}")
     console.print(table)
@@ -99,7 +100,7 @@ def _compare(model: Path, data: Path, compare: list[Path], variants: bool, devic
         paths += found
     dataset = load_dataset(data)
     n = len(dataset.test)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True, disable=json_out) as progress:
         task = progress.add_task("evaluating", total=n * (1 + len(paths)))
         rows = compare_models(paths, dataset, device, batch_size, progress=lambda k: progress.advance(task, k))

@@ -46,8 +46,8 @@ def _install_signals(stop: Any) -> dict:
 
 
 def _print_summary(s: dict, demo: dict | None) -> None:
-    console.print(f"[bold]{s['frames']} frames[/] in {s['seconds']:.1f} s ({s['fps']:.1f} fps), "
-                  f"[bold]{s['ng_frames']} NG[/], dropped {s['dropped']}, corrupt {s['corrupt']}, "
+    console.print(f"{s['frames']} frames in {s['seconds']:.1f} s ({s['fps']:.1f} fps), "
+                  f"{s['ng_frames']} NG, dropped {s['dropped']}, corrupt {s['corrupt']}, "
                   f"reconnects {s['reconnects']} — {s['stop_reason']}", highlight=False)
     table = Table("stage", "p50 ms", "p99 ms", "mean ms", box=None, pad_edge=False)
     for stage, st in s["latency_ms"].items():
@@ -84,6 +84,23 @@ def _demo_assets(image_size: int, budget: float, frames: int, rebuild: bool, qui
                 "(cached)" if assets.cached else "(built)", t["epochs_run"], t["seconds"],
                 "-" if t["test_image_auroc_at_best"] is None else f"{t['test_image_auroc_at_best']:.3f}")
     return assets
+
+
+def _check_before_writing(batch: int, max_frames: Optional[int], output: Optional[Path], kind: Optional[str],
+                          events: Optional[Path], save_anomalies: Optional[Path]) -> None:
+    """Every option that decides what is written, checked before any file is created."""
+    from stpm_edge.data.io import check_writable  # noqa: PLC0415
+
+    if batch < 1:
+        raise StpmError(f"--batch {batch}: must be at least 1")
+    if max_frames is not None and max_frames < 1:
+        raise StpmError(f"--max-frames {max_frames}: must be at least 1")
+    if output is not None:
+        check_writable(output, folder=kind != "video")
+    if events is not None:
+        check_writable(events)
+    if save_anomalies is not None:
+        check_writable(save_anomalies, folder=True)
 
 
 @user_errors("stpm-run")
@@ -164,6 +181,7 @@ def run_cmd(
         raise StpmError("--reconnect-attempts must be >= 0")
     style = OverlayStyle(colormap, alpha, contours, boxes, side_by_side).validated()
     kind = output_kind(output) if output is not None else None
+    _check_before_writing(batch, max_frames, output, kind, events, save_anomalies)
 
     detector = Detector(model, backend=backend, threshold=threshold, threads=threads)
     sinks: list = []
@@ -210,7 +228,7 @@ def run_cmd(
             result["error"] = str(error)
         if json_out:
             print_json(result)
-        else:
+        elif error is None or verbose:  # a failed run says so in one line (its summary with -v)
             _print_summary(result, demo_info)
     if error is not None:
         raise error

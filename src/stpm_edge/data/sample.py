@@ -20,7 +20,7 @@ from typing import Tuple
 import cv2
 import numpy as np
 
-from stpm_edge.data.io import atomic_dir, write_image
+from stpm_edge.data.io import check_writable, atomic_dir, write_image
 from stpm_edge.errors import StpmError
 
 logger = logging.getLogger(__name__)
@@ -279,7 +279,8 @@ def make_sample_dataset(out: Path, category: str = "brick", seed: int = 0, *, im
     size = _check_int("image_size", image_size, MIN_IMAGE_SIZE, max_image_size(category))
     counts = {"train": _check_int("n_train", n_train, 1), "test_good": _check_int("n_test_good", n_test_good, 1),
               "defect": _check_int("n_defect_per_kind", n_defect_per_kind, 1)}
-    occupied = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    check_writable(out, folder=True)  # a regular file is never replaced by a dataset folder
+    occupied = out.exists() and any(out.iterdir())
     if occupied and not overwrite:
         raise StpmError(f"{out}: already exists and is not empty (use --overwrite)")
     if not occupied:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from stpm_edge import __version__
-from stpm_edge.data.io import read_image_bgr
+from stpm_edge.data.io import check_writable, read_image_bgr
 from stpm_edge.data.mvtec import load_dataset
 from stpm_edge.data.preprocess import PreprocessSpec, preprocess_images
 from stpm_edge.errors import StpmError
@@ -166,6 +166,7 @@ def train(data: Path, output: Path, cfg: TrainConfig, *,
           on_step: Callable[[float], None] | None = None) -> TrainResult:
     """Train ``cfg.method`` on ``data`` (MVTec category or image folder) and save ``output``."""
     validate_config(cfg)
+    check_writable(Path(output))  # before a single epoch is spent
     method = get_method(cfg.method)
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)

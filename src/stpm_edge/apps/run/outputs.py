@@ -123,6 +123,11 @@ class VideoSink(Sink):
             self._writer.release()
             self._writer = None
         if ok and self.frames:
+            decoded = _count_frames(self.tmp)
+            if decoded < self.frames:  # OpenCV's writer reports no write errors (a full disk, a lost mount)
+                self.tmp.unlink(missing_ok=True)
+                raise StpmError(f"--output {self.path}: the video could not be written completely ({decoded} of "
+                                f"{self.frames} frames readable back; disk full?); nothing was left behind")
             os.replace(self.tmp, self.path)
             logger.info("wrote %s (%d frames)", self.path, self.frames)
         else:
@@ -130,6 +135,20 @@ class VideoSink(Sink):
 
     def describe(self) -> str:
         return str(self.path)
+
+
+def _count_frames(path: Path) -> int:
+    """How many frames of a written video decode again (0 for a missing or broken file)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    cap = cv2.VideoCapture(str(path))
+    try:
+        n = 0
+        while cap.isOpened() and cap.grab():
+            n += 1
+        return n
+    finally:
+        cap.release()
 
 
 class ImageFolderSink(Sink):
@@ -192,20 +211,30 @@ class EventSink(Sink):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.source = source
+        self._created = not self.path.exists()
         self._file: IO[str] | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self.events = 0
 
     def write(self, item: Rendered) -> None:
         if not item.result.is_anomalous or self._file is None:
             return
-        self._file.write(json.dumps(event_record(item, self.source)) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(event_record(item, self.source)) + "\n")
+            self._file.flush()
+        except OSError as e:
+            raise StpmError(f"--events {self.path}: cannot write the NG event of frame {item.index} "
+                            f"({e.strerror or type(e).__name__})") from None
         self.events += 1
 
     def close(self, ok: bool = True) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass
             self._file = None
+            if not ok and self._created and self.events == 0:
+                self.path.unlink(missing_ok=True)  # a failed run leaves no empty log behind
 
     def describe(self) -> str:
         return str(self.path)

@@ -321,7 +321,7 @@ class Pipeline:
             try:
                 sink.close(ok)
             except Exception as e:  # noqa: BLE001 - close the others, report the first
-                logger.error("closing %s failed: %s", sink.describe(), first_line(e))
+                logger.debug("closing %s failed: %s", sink.describe(), first_line(e))
                 failed = failed or e
         return failed
 

@@ -80,6 +80,10 @@ class Backend(abc.ABC):
             raise StpmError(
                 f"{self.name}: model returned {SCORE} of shape {tuple(score.shape)}, expected ({n},)"
             )
+        if amap.size == 0:
+            raise StpmError(f"{self.name}: model returned an empty {ANOMALY_MAP} {tuple(amap.shape)}")
+        if not (np.isfinite(score).all() and np.isfinite(amap).all()):
+            raise StpmError(f"{self.name}: model returned NaN or Inf in its outputs (a broken or hostile model)")
         return amap, score.reshape(n)
 
     def _infer_chunked(
