@@ -1,0 +1,127 @@
+"""CFA as a method: the registry entry that the shared trainer, export and precision call."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from stpm_edge.errors import StpmError
+from stpm_edge.models.backbones import get_spec
+from stpm_edge.models.cfa.config import CFAConfig, CFARecipe, parse_option
+from stpm_edge.models.cfa.head import CFAMapHead, MemorySearch
+from stpm_edge.models.cfa.loss import cfa_loss_per_image, init_memory_bank
+from stpm_edge.models.cfa.model import CFA
+from stpm_edge.models.method import Method, MethodOptions, StepContext
+from stpm_edge.models.normalization import Normalization, linear_rule
+
+PARTS = ("backbone", "descriptor", "bank")
+
+
+class CFAInference(nn.Module):
+    """Normalised batch → backbone → descriptor → memory search → map head → (raw map, raw
+    score). ``backbone`` and ``descriptor`` are the low-precision region; the memory search
+    (squared-distance expansion, TopK, softmin) and the map head stay FP32."""
+
+    def __init__(self, model: CFA, blur_sigma: float) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.descriptor = model.descriptor
+        self.search = MemorySearch(model.memory_bank, model.config.k)
+        self.head = CFAMapHead(model.image_size, blur_sigma)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.search(self.descriptor(self.backbone(x))))
+
+
+class CFAMethod(Method):
+    """Paper defaults (γ_d = γ_c = 1: a 4096-item bank at 256 px, ~3 GMAC of search per image,
+    ~8x the efficientnet_lite0 trunk). On a CPU, ``--opt gamma_c=16`` (256 k-means items) cuts
+    the search 16x (the trunk and descriptor are unchanged)."""
+
+    name = "cfa"
+    summary = "Coupled-hypersphere-based Feature Adaptation (Lee, Lee, Song 2022)"
+
+    def make_config(self, options: MethodOptions, image_size: tuple[int, int]) -> CFAConfig:
+        extra = {key: parse_option(key, value) for key, value in options.extra.items()}
+        blur = 4.0 if options.blur_sigma is None else options.blur_sigma
+        return CFAConfig(options.backbone or "efficientnet_lite0", tuple(options.layers), blur, **extra).resolved()
+
+    def config_to_dict(self, config: CFAConfig) -> dict[str, Any]:
+        return config.to_dict()
+
+    def config_from_dict(self, d: dict[str, Any], where: str) -> CFAConfig:
+        return CFAConfig.from_dict(d, where)
+
+    def preprocessing(self, config: CFAConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        spec = get_spec(config.backbone)
+        return spec.mean, spec.std
+
+    def build(self, config: CFAConfig, image_size: tuple[int, int], *, pretrained: bool = True,
+              weights_file: Path | None = None, seed: int | None = None) -> CFA:
+        return CFA.build(config, image_size, pretrained=pretrained, weights_file=weights_file, seed=seed)
+
+    def state(self, model: CFA) -> dict[str, dict[str, torch.Tensor]]:
+        return {
+            "backbone": {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()},
+            "descriptor": {k: v.detach().cpu().clone() for k, v in model.descriptor.state_dict().items()},
+            "bank": {"memory_bank": model.memory_bank.detach().cpu().clone(),
+                     "radius": model.radius.detach().cpu().clone()},
+        }
+
+    def load_state(self, model: CFA, state: dict[str, Any], where: str) -> None:
+        for part in PARTS:
+            sd = state.get(part)
+            if not isinstance(sd, dict):
+                raise StpmError(f"{where}: not a CFA checkpoint (missing the {part} state)")
+            if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+                raise StpmError(f"{where}: {part} state holds non-tensor values")
+            for key, value in sd.items():
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    raise StpmError(f"{where}: {part} tensor {key} contains NaN or Inf")
+        for part in ("backbone", "descriptor"):
+            try:
+                getattr(model, part).load_state_dict(state[part], strict=True)
+            except RuntimeError as exc:
+                detail = " ".join(str(exc).split())[:200]
+                raise StpmError(f"{where}: {part} weights do not fit {model.config.backbone} "
+                                f"{','.join(model.config.layers)} ({detail})") from None
+        bank, radius = state["bank"].get("memory_bank"), state["bank"].get("radius")
+        if bank is None or tuple(bank.shape) != tuple(model.memory_bank.shape):
+            got = None if bank is None else tuple(bank.shape)
+            raise StpmError(f"{where}: memory bank of shape {got}, the config needs {tuple(model.memory_bank.shape)}")
+        if radius is None or radius.numel() != 1:
+            raise StpmError(f"{where}: the CFA radius must be one number")
+        with torch.no_grad():
+            model.memory_bank.copy_(bank)
+            model.radius.copy_(radius.reshape(1))
+
+    def prepare(self, model: CFA, x_fit: torch.Tensor, ctx: StepContext) -> None:
+        init_memory_bank(model, x_fit, ctx.batch_size, ctx.device, ctx.generator)
+
+    def optimizer(self, model: CFA, options: MethodOptions) -> torch.optim.Optimizer:
+        r = CFARecipe()
+        lr = r.lr if options.lr is None else options.lr
+        return torch.optim.AdamW(model.trainable(), lr=lr, weight_decay=r.weight_decay, amsgrad=r.amsgrad)
+
+    def train_step(self, model: CFA, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return cfa_loss_per_image(model, x).mean()
+
+    def holdout_loss(self, model: CFA, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return cfa_loss_per_image(model, x)
+
+    def inference_module(self, model: CFA, *, blur_sigma: float | None = None,
+                         options: dict[str, Any] | None = None) -> nn.Module:
+        self.export_options(dict(options or {}))
+        sigma = model.config.blur_sigma if blur_sigma is None else blur_sigma
+        return CFAInference(model, sigma)
+
+    def normalization(self, scores: np.ndarray, maps: np.ndarray) -> Normalization:
+        # Softmin-weighted nearest distances (not a product): roughly Gaussian on good images.
+        return linear_rule(scores, maps)
+
+    def low_precision(self, options: dict[str, Any]) -> tuple[str, ...]:
+        self.export_options(dict(options))
+        return ("backbone", "descriptor")
