@@ -18,13 +18,13 @@
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stpm_edge.artifact import file_sha256
 from stpm_edge.errors import StpmError
 from stpm_edge.runtime.backends.base import Backend
 from stpm_edge.runtime.backends.engine_meta import (ENGINE_SUFFIX, PRECISIONS, GpuInfo, check_compat,
@@ -127,14 +127,6 @@ def choose_backend(path: Path, requested: str = "auto", *, engine: EngineCandida
 
 # -- gathering what choose_backend needs (side effects) ----------------------------------
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def find_engine(onnx_path: Path) -> EngineCandidate | None:
     """The same-precision engine beside ``onnx_path`` with its sidecar and freshness, or None."""
     onnx_path = Path(onnx_path)
@@ -155,7 +147,7 @@ def find_engine(onnx_path: Path) -> EngineCandidate | None:
     matches = None
     src_file = engine.parent / str(source.get("file", ""))
     if source.get("sha256") and source.get("file") and src_file.is_file():
-        matches = _sha256(src_file) == source["sha256"]
+        matches = file_sha256(src_file) == source["sha256"]
     return EngineCandidate(engine, sidecar, "", matches)
 
 
