@@ -88,8 +88,8 @@ def _demo_assets(image_size: int, budget: float, frames: int, rebuild: bool, qui
 
 @user_errors("stpm-run")
 def run_cmd(
-    model: Optional[Path] = typer.Argument(None, help="Model: .onnx (stpm-export), .engine (TensorRT) or .pt checkpoint. "
-                                                     "Not needed with --demo."),
+    model: Optional[str] = typer.Argument(None, help="Model: .onnx (stpm-export), .engine (TensorRT), .pt checkpoint "
+                                                    "or triton://HOST:PORT/NAME (Triton server). Not needed with --demo."),
     camera: Optional[int] = typer.Option(None, "--camera", "-c", help="Camera index (the default source is camera 0)."),
     source: Optional[str] = typer.Option(None, "--source", "-s", help=SOURCE_HELP),
     backend: str = typer.Option("auto", help="auto | onnxruntime | cpu | cuda | tensorrt (| torch for .pt)."),
