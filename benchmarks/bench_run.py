@@ -15,6 +15,12 @@
 3. **Memory** — ``stpm-run MODEL -s VIDEO --loop --max-frames N --headless -o out.mp4 --json`` in
    a subprocess; its summary records RSS at 1k and 10k frames (and at the end).
 
+4. **Pipeline overhead, many streams** (``--overhead``, benchmarks/_multi.py) — a simulated
+   accelerator (fixed latency, no CPU) behind multi-stream stpm-run, 1/4/8 streams at 256x256 and
+   1280x720: per-stage ms per frame and fps as a share of the backend's capacity; and, with
+   ``--model``, ONNX Runtime CPU with 1 vs 4 streams, batch 1 vs 4 (the model should be exported
+   with ``--dynamic-batch``).
+
 Prints a table and, with ``--json-out FILE``, writes every number with the machine description.
 """
 from __future__ import annotations
@@ -179,5 +185,29 @@ def main() -> None:
         args.json_out.write_text(json.dumps(results, indent=2) + "\n")
 
 
+def overhead_main(argv: list[str]) -> None:
+    from _multi import ort_streams, overhead_report  # noqa: PLC0415
+
+    ap = argparse.ArgumentParser(description="multi-stream pipeline overhead with a simulated accelerator")
+    ap.add_argument("--overhead", action="store_true")
+    ap.add_argument("--latency-ms", type=float, default=25.0)
+    ap.add_argument("--frames", type=int, default=120, help="frames per stream")
+    ap.add_argument("--model", type=Path, default=None, help="also: ORT CPU 1 vs 4 streams, batch 1 vs 4")
+    ap.add_argument("--json-out", type=Path, default=None)
+    a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = {"date": time.strftime("%Y-%m-%d"), "stpm_edge": __version__, "machine": platform.processor(),
+               "cpus": os.cpu_count(), "latency_ms": a.latency_ms,
+               "overhead": overhead_report(Path(tmp), a.latency_ms, a.frames)}
+        if a.model is not None:
+            out["ort"] = ort_streams(a.model, Path(tmp), a.frames)
+    if a.json_out:
+        a.json_out.write_text(json.dumps(out, indent=2) + "\n")
+
+
 if __name__ == "__main__":
-    main()
+    if "--overhead" in sys.argv[1:]:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        overhead_main(sys.argv[1:])
+    else:
+        main()

@@ -24,7 +24,8 @@ def _fmt(v: float | None) -> str:
 
 @user_errors("stpm-eval")
 def eval_cmd(
-    model: Path = typer.Argument(..., help="Checkpoint (model.pt), or an exported model.onnx (run through ONNX Runtime)."),
+    model: str = typer.Argument(..., help="Checkpoint (model.pt), an exported model.onnx (run through ONNX Runtime), "
+                                "or a model on a Triton server (triton://HOST:PORT/NAME)."),
     data: Path = typer.Argument(..., help="MVTec AD category folder with a test/ split (ground_truth/ for pixel metrics)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda; for exported files also tensorrt (a TensorRT engine) "
                                "and ort-tensorrt (ONNX Runtime's TensorRT provider)."),
@@ -42,16 +43,22 @@ def eval_cmd(
     setup_logging(verbose)
     if batch_size < 1:
         raise StpmError(f"--batch-size {batch_size}: must be at least 1")
+    from stpm_edge.runtime.backends.triton import is_triton_uri
+
+    remote = is_triton_uri(model)
     if compare or variants:
-        _compare(model, data, compare, variants, device, batch_size, json_out)
+        if remote:
+            raise StpmError("--compare/--variants take model files, not a triton:// URI")
+        _compare(Path(model), data, compare, variants, device, batch_size, json_out)
         return
-    checkpoint = model.suffix.lower() == ".pt"
+    model_path = model if remote else Path(model)
+    checkpoint = not remote and model_path.suffix.lower() == ".pt"
     if not checkpoint:  # exported files open the one way every command opens them
         from stpm_edge.runtime.detector import open_model
 
-        backend = open_model(model, device)
+        backend = open_model(model_path, "auto" if remote else device)
     else:
-        net, meta = load_checkpoint(model, allow_pickle=trust_checkpoint)
+        net, meta = load_checkpoint(model_path, allow_pickle=trust_checkpoint)
     dataset = load_dataset(data)
     if not dataset.has_test:
         raise StpmError(f"{data}: no test split with both good and defective images (expected test/good and test/<type>)")
@@ -68,7 +75,7 @@ def eval_cmd(
     if json_out:
         print_json(out)
         return
-    table = Table(title=f"{model.name} on {data}")
+    table = Table(title=f"{model if remote else model_path.name} on {data}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("image AUROC", _fmt(result.image_auroc))

@@ -61,6 +61,11 @@ def export_cmd(
     dla_core: Optional[int] = typer.Option(None, help="TensorRT on Jetson: run on this DLA core (GPU fallback on)."),
     trt_int8: str = typer.Option("auto", help="TensorRT INT8: auto | qdq (model.int8.onnx) | calibrator "
                                  "(classic calibrator with calib.cache, TensorRT 8.5-10 only; uses --calib)."),
+    triton: Optional[Path] = typer.Option(None, "--triton", help="Also write a Triton model repository here: "
+                                          "REPO/NAME/config.pbtxt + 1/model.onnx (and NAME_trt/1/model.plan when an "
+                                          "engine was built). Use with --dynamic-batch for Triton's batching."),
+    triton_name: str = typer.Option("stpm", "--triton-name", help="Triton model name (a plain folder name)."),
+    triton_instances: int = typer.Option(1, "--triton-instances", help="Triton: model instances (instance_group count)."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full unpickling (trusted files only)."),
     json_out: bool = typer.Option(False, "--json", help="Print the export summary as JSON."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
@@ -84,7 +89,12 @@ def export_cmd(
                               verbose=verbose)
     cfg = ExportConfig(input_mode, parse_size(frame_size), map_size, batch, dynamic_batch, opset, blur,
                        {"fusion": fusion} if fusion else {})
-    plan = ExportPlan(cfg, name, fp16, plan_int8, engine_options)
+    triton_options = None
+    if triton is not None:
+        from stpm_edge.triton.repo import TritonOptions  # noqa: PLC0415
+
+        triton_options = TritonOptions(triton_name, max_batch, triton_instances).validated()
+    plan = ExportPlan(cfg, name, fp16, plan_int8, engine_options, triton_options, triton)
     progress = stage_progress(json_out)
     try:
         manifest = export_all(model, out_dir, plan, allow_pickle=trust_checkpoint, stage=rich_stages(progress))
@@ -113,3 +123,6 @@ def export_cmd(
     else:
         line = f"TensorRT engine: skipped ({manifest.engine})"
     console.print(line, highlight=False, markup=False)
+    for entry in manifest.summary.get("triton", {}).get("models", []):
+        console.print(f"Triton: wrote {entry['folder']} ({entry['kind']}, max_batch_size {entry['max_batch_size']})",
+                      highlight=False, markup=False)

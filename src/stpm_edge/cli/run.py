@@ -11,13 +11,13 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.table import Table
 
 from stpm_edge.cli.common import EXIT_INTERRUPTED, console, print_json, setup_logging, user_errors
-from stpm_edge.errors import StpmError
+from stpm_edge.errors import StpmError, first_line
 
 logger = logging.getLogger("stpm_edge.run")
 
@@ -105,10 +105,14 @@ def _check_before_writing(batch: int, max_frames: Optional[int], output: Optiona
 
 @user_errors("stpm-run")
 def run_cmd(
-    model: Optional[Path] = typer.Argument(None, help="Model: .onnx (stpm-export), .engine (TensorRT) or .pt checkpoint. "
-                                                     "Not needed with --demo."),
+    model: Optional[str] = typer.Argument(None, help="Model: .onnx (stpm-export), .engine (TensorRT), .pt checkpoint "
+                                                    "or triton://HOST:PORT/NAME (Triton server). Not needed with --demo."),
     camera: Optional[int] = typer.Option(None, "--camera", "-c", help="Camera index (the default source is camera 0)."),
-    source: Optional[str] = typer.Option(None, "--source", "-s", help=SOURCE_HELP),
+    source: Optional[List[str]] = typer.Option(None, "--source", "-s", help=SOURCE_HELP + " Repeat -s for several "
+                                               "streams through one model (frames batched up to --batch)."),
+    sources_file: Optional[Path] = typer.Option(None, "--sources", help="A file with one source URI per line "
+                                                "(# comments), for many streams."),
+    batch_wait: float = typer.Option(5.0, help="Several streams: ms to wait for more frames after the first of a batch."),
     backend: str = typer.Option("auto", help="auto | onnxruntime | cpu | cuda | tensorrt (| torch for .pt)."),
     threads: Optional[int] = typer.Option(None, help="CPU inference threads (default: the backend's choice)."),
     threshold: Optional[float] = typer.Option(None, help="NG threshold in normalised units (default: the model's, 0.5)."),
@@ -162,6 +166,21 @@ def run_cmd(
     from stpm_edge.apps.run.pipeline import Pipeline, PipelineConfig
     from stpm_edge.apps.run.sources import ReconnectPolicy, make_source, parse_uri
 
+    source = list(source or [])
+    if sources_file is not None:
+        source += _read_sources(sources_file)
+    if len(source) > 1:
+        if demo or camera is not None:
+            raise StpmError("several sources: drop --demo and --camera")
+        if model is None:
+            raise StpmError("missing MODEL (an .onnx/.engine/.pt file or triton:// URI)")
+        return _run_multi(model, source, backend=backend, threads=threads, threshold=threshold, loop=loop,
+                          max_frames=max_frames, batch=batch, batch_wait=batch_wait / 1000.0,
+                          reconnect=reconnect, reconnect_attempts=reconnect_attempts,
+                          style=(colormap, alpha, contours, boxes, side_by_side), hud=hud, output=output,
+                          save_anomalies=save_anomalies, events=events, json_out=json_out,
+                          size=(width, height, fps, flip))
+    source = source[0] if source else None
     assets = None
     if demo:
         if model is not None or source is not None or camera is not None:
@@ -235,3 +254,104 @@ def run_cmd(
         raise error
     if summary is not None and summary.stop_reason == "SIGINT":
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _read_sources(path: Path) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise StpmError(f"--sources {path}: cannot read it ({first_line(e)})") from None
+    found = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+    if not found:
+        raise StpmError(f"--sources {path}: no source URIs in it")
+    return found
+
+
+def stream_output(output: Path, name: str, n: int) -> Path:
+    """The output of stream ``name``: ``{stream}`` in the path is replaced; a path without it is a
+    folder that gets ``<name>.mp4`` per stream."""
+    text = str(output)
+    if "{stream}" in text:
+        return Path(text.replace("{stream}", name))
+    from stpm_edge.apps.run.outputs import VIDEO_FOURCC
+
+    if Path(text).suffix.lower() in VIDEO_FOURCC and n > 1:
+        raise StpmError(f"-o {output}: one video for {n} streams; put {{stream}} in the name (e.g. out_{{stream}}.mp4) "
+                        f"or give a folder")
+    return Path(text) / f"{name}.mp4"
+
+
+def _run_multi(model: str, uris: list[str], *, backend: str, threads: Any, threshold: Any, loop: bool, max_frames: Any,
+               batch: int, batch_wait: float, reconnect: bool, reconnect_attempts: int, style: tuple, hud: bool,
+               output: Any, save_anomalies: Any, events: Any, json_out: bool, size: tuple) -> None:
+    from stpm_edge.apps.run.multi import MultiPipeline, Stream
+    from stpm_edge.apps.run.outputs import AnomalySink, EventSink, ImageFolderSink, VideoSink, output_kind
+    from stpm_edge.apps.run.pipeline import PipelineConfig
+    from stpm_edge.apps.run.sources import ReconnectPolicy, make_source, parse_uri
+    from stpm_edge.runtime.detector import Detector
+    from stpm_edge.runtime.overlay import OverlayStyle
+
+    if reconnect_attempts < 0:
+        raise StpmError("--reconnect-attempts must be >= 0")
+    specs = [parse_uri(u) for u in uris]
+    if loop and any(s.live for s in specs):
+        raise StpmError("--loop applies to files and folders, and some sources are live")
+    names = [f"s{i}" for i in range(len(specs))]
+    outs = [stream_output(output, n, len(names)) for n in names] if output is not None else []
+    kinds = [output_kind(o) for o in outs]
+    cfg = PipelineConfig(max_frames, batch, None, 1.0, OverlayStyle(*style).validated(), hud)
+    detector = Detector(model, backend=backend, threshold=threshold, threads=threads)
+    w, h, f, flip = size
+    streams: list = []
+    shared: list = []
+    try:
+        for i, spec in enumerate(specs):
+            src = make_source(spec, loop=loop, reconnect=ReconnectPolicy(reconnect, reconnect_attempts),
+                              width=w, height=h, fps=f, flip=flip)
+            streams.append(Stream(names[i], src))
+            src.open()
+            if outs:
+                streams[-1].sinks.append(VideoSink(outs[i], src.fps or 30.0) if kinds[i] == "video"
+                                         else ImageFolderSink(outs[i]))
+        if save_anomalies is not None:
+            shared.append(AnomalySink(save_anomalies))
+        if events is not None:
+            shared.append(EventSink(events, "multi"))
+        pipeline = MultiPipeline(detector, streams, shared, cfg, batch_wait)
+        old = _install_signals(pipeline.stop)
+        error = None
+        try:
+            summary = pipeline.run()
+        except StpmError as e:
+            error, summary = e, pipeline.summary
+        finally:
+            for sig, hnd in old.items():
+                signal.signal(sig, hnd)
+    finally:
+        for st in streams:
+            st.source.close()
+        detector.close()
+    if summary is not None:
+        if json_out:
+            print_json(summary)
+        else:
+            _print_multi(summary)
+    if error is not None:
+        raise error
+    if summary is not None and summary["errors"]:
+        raise StpmError(f"{len(summary['errors'])} of {len(streams)} streams failed: "
+                        + "; ".join(f"{k}: {v}" for k, v in summary["errors"].items()))
+    if summary is not None and summary["stop_reason"] == "SIGINT":
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _print_multi(s: dict) -> None:
+    console.print(f"[bold]{s['frames']} frames[/] from {len(s['streams'])} streams in {s['seconds']:.1f} s "
+                  f"({s['fps']:.1f} fps), [bold]{s['ng_frames']} NG[/], batches {s['batches']} — {s['stop_reason']}",
+                  highlight=False)
+    table = Table("stream", "source", "frames", "NG", "fps", "dropped", "e2e p50 ms", "state", box=None, pad_edge=False)
+    for name, st in s["streams"].items():
+        e2e = st["latency_ms"]["end_to_end"]
+        table.add_row(name, st["source"], str(st["frames"]), str(st["ng_frames"]), f"{st['fps']:.1f}",
+                      str(st["dropped"]), f"{e2e['p50']:.1f}" if e2e["count"] else "-", st["error"] or st["stop_reason"])
+    console.print(table)

@@ -77,6 +77,8 @@ class ExportPlan:
     fp16: bool = False
     int8: Int8Plan | None = None
     engine: dict[str, Any] | None = None  # TensorRT builder options (None: no engine)
+    triton: Any = None  # a stpm_edge.triton.repo.TritonOptions: write a Triton model repository
+    triton_repo: Path | None = None
 
 
 @dataclass
@@ -162,6 +164,10 @@ def export_all(checkpoint: Path, out_dir: Path, plan: ExportPlan = ExportPlan(),
     check_output_folder(files.folder)
     model, meta = load_checkpoint(Path(checkpoint), allow_pickle=allow_pickle)
     cfg = plan.export.validated(meta)
+    if plan.triton_repo is not None:  # names checked before the first write
+        from stpm_edge.triton.repo import model_folder  # noqa: PLC0415
+
+        model_folder(Path(plan.triton_repo), plan.triton.validated().name)
     int8_inputs = None
     if plan.int8 is not None:  # read and check every calibration/validation input before the first write
         int8_inputs = prepare_int8(plan.int8, build_metadata(meta, cfg, Path(checkpoint), ""), stage)
@@ -186,7 +192,31 @@ def export_all(checkpoint: Path, out_dir: Path, plan: ExportPlan = ExportPlan(),
             manifest.summary["engine"] = {"skipped": str(manifest.engine)}
     else:
         manifest.summary["engine"] = {"skipped": "not requested"}
+    if plan.triton_repo is not None:
+        manifest.summary["triton"] = triton_step(plan, res, manifest.engine)
     return manifest
+
+
+def triton_step(plan: ExportPlan, res: ExportResult, engine: Any) -> dict[str, Any]:
+    """Write the Triton repository: model.onnx, and model.plan where an engine was built."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    from stpm_edge.artifact import ModelMetadata  # noqa: PLC0415
+    from stpm_edge.triton.repo import write_repository  # noqa: PLC0415
+
+    options = plan.triton
+    if options.max_batch is None and plan.engine and plan.engine.get("max_batch"):
+        options = replace(options, max_batch=int(plan.engine["max_batch"]))
+    engine_path = engine_meta = None
+    if getattr(engine, "built", False):
+        engine_path = engine.engine_path
+        engine_meta = ModelMetadata.from_dict(engine.sidecar, engine.sidecar_path)
+    if res.metadata.input.batch is not None:
+        logger.warning("Triton: %s has a fixed batch of %d: written with max_batch_size 0 and no dynamic batching "
+                       "(export with --dynamic-batch [--max-batch N] for Triton's batching)", res.onnx_path.name,
+                       res.metadata.input.batch)
+    entries = write_repository(Path(plan.triton_repo), res.onnx_path, res.metadata, options, engine_path, engine_meta)
+    return {"repository": str(plan.triton_repo), "models": [e.to_dict() for e in entries]}
 
 
 __all__ = ["ExportPlan", "Int8Plan", "Manifest", "export_all", "prepare_int8", "run_int8", "int8_summary",

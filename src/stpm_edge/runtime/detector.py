@@ -130,7 +130,8 @@ def check_threshold(threshold: Any) -> float:
 
 
 def open_model(path: str | Path, backend: str = "auto", threads: int | None = None) -> Backend:
-    """``.pt`` checkpoints run through PyTorch, exported files on ONNX Runtime or TensorRT: :func:`open_backend`."""
+    """``.pt`` checkpoints run through PyTorch, exported files on ONNX Runtime or TensorRT, ``triton://``
+    URIs on a Triton server: :func:`open_backend`."""
     from stpm_edge.runtime.backends.select import open_backend  # noqa: PLC0415
 
     return open_backend(path, backend, threads)
@@ -142,7 +143,8 @@ def model_precision(metadata: ModelMetadata, path: Path) -> str:
 
 
 class Detector:
-    """A model file opened for inference (``.onnx``, ``.engine`` or a ``.pt`` checkpoint).
+    """A model file opened for inference (``.onnx``, ``.engine`` or a ``.pt`` checkpoint), or a model
+    on a Triton server (``triton://HOST:PORT/NAME``).
 
     ``backend``: ``auto`` (default) or any name of :data:`~stpm_edge.runtime.backends.select.BACKENDS`;
     ``threshold``: override the model's (normalised units); ``threads``: CPU inference threads.
@@ -151,7 +153,10 @@ class Detector:
 
     def __init__(self, model_path: str | Path, backend: str = "auto", threshold: float | None = None,
                  threads: int | None = None) -> None:
-        self.path = Path(model_path)
+        from stpm_edge.runtime.backends.triton import is_triton_uri  # noqa: PLC0415
+
+        # a file, or a triton://HOST:PORT/NAME URI (kept as text: Path would fold its '//')
+        self.path: Path | str = model_path if is_triton_uri(model_path) else Path(model_path)
         self.backend = open_model(self.path, backend, threads)
         self.metadata: ModelMetadata = self.backend.metadata
         self.input_spec: InputSpec = self.backend.input_spec

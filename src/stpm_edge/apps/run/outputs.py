@@ -36,6 +36,8 @@ class Rendered:
     frame: np.ndarray  # the camera frame (BGR)
     result: Result
     overlay: np.ndarray | None  # heatmap + HUD (None when no sink asked for it)
+    stream: str = ""  # multi-stream stpm-run: the stream's name (events and saved files are tagged with it)
+    source: str = ""  # and its URI
 
 
 class Sink(abc.ABC):
@@ -182,7 +184,7 @@ class AnomalySink(Sink):
     def write(self, item: Rendered) -> None:
         if not item.result.is_anomalous:
             return
-        stem = self.folder / f"frame_{item.index:06d}"
+        stem = self.folder / f"{item.stream + '_' if item.stream else ''}frame_{item.index:06d}"
         write_image(stem.with_name(stem.name + "_frame.png"), item.frame)
         if item.overlay is not None:
             write_image(stem.with_name(stem.name + "_overlay.jpg"), item.overlay)
@@ -198,8 +200,8 @@ def event_record(item: Rendered, source: str) -> dict:
     ts = dt.datetime.fromtimestamp(item.wall_time, tz=dt.timezone.utc)
     r = item.result
     return {"timestamp": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "frame": item.index,
-            "score": round(r.score, 4), "threshold": r.threshold, "source": source,
-            "boxes": [b.to_dict() for b in r.boxes]}
+            "score": round(r.score, 4), "threshold": r.threshold, "source": item.source or source,
+            **({"stream": item.stream} if item.stream else {}), "boxes": [b.to_dict() for b in r.boxes]}
 
 
 class EventSink(Sink):

@@ -14,7 +14,9 @@
 * ``tensorrt`` → that engine or a one-line error saying why not;
 * ``onnxruntime`` / ``cpu`` / ``cuda`` / ``ort-tensorrt`` → ONNX Runtime with those providers
   (``.onnx`` only; ``ort-tensorrt`` is ONNX Runtime's TensorRT execution provider);
-* ``X.pt`` (a checkpoint) → PyTorch (``auto``, ``torch``, ``cpu`` or ``cuda``).
+* ``X.pt`` (a checkpoint) → PyTorch (``auto``, ``torch``, ``cpu`` or ``cuda``);
+* ``triton://HOST:PORT/NAME`` (or ``triton+grpc://``), a URI rather than a file → the model on a
+  Triton Inference Server (``auto`` or ``triton``).
 """
 from __future__ import annotations
 
@@ -27,13 +29,14 @@ from typing import Any
 from stpm_edge.artifact import file_sha256
 from stpm_edge.errors import StpmError
 from stpm_edge.runtime.backends.base import Backend
+from stpm_edge.runtime.backends.triton import is_triton_uri
 from stpm_edge.runtime.backends.engine_meta import (ENGINE_SUFFIX, PRECISIONS, GpuInfo, check_compat,
                                                     engine_path_for, read_sidecar, split_model_name)
 
 logger = logging.getLogger(__name__)
 
 # The one backend registry: every name a user can pass (--backend, stpm_options.backend, Detector).
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "cpu", "cuda", "ort-tensorrt", "torch")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "cpu", "cuda", "ort-tensorrt", "torch", "triton")
 ORT_PROVIDERS = {"auto": "auto", "onnxruntime": "auto", "cpu": "cpu", "cuda": "cuda", "ort-tensorrt": "ort-tensorrt"}
 CHECKPOINT_SUFFIX = ".pt"
 CHECKPOINT_BACKENDS = ("auto", "torch", "cpu", "cuda")
@@ -90,13 +93,19 @@ def _engine_problem(candidate: EngineCandidate | None, env: TrtEnv | None, onnx_
     return ""
 
 
-def choose_backend(path: Path, requested: str = "auto", *, engine: EngineCandidate | None = None,
+def choose_backend(path: Path | str, requested: str = "auto", *, engine: EngineCandidate | None = None,
                    trt: TrtEnv | None = None) -> BackendChoice:
     """The backend for ``path`` (see the module docstring). One-line StpmError when impossible."""
-    path = Path(path)
     req = str(requested).strip().lower()
     if req not in BACKENDS:
         raise StpmError(f"backend: unknown {requested!r} (choose one of {', '.join(BACKENDS)})")
+    if is_triton_uri(path):
+        if req not in ("auto", "triton"):
+            raise StpmError(f"{path}: a triton:// model runs on the triton backend only, not {requested!r}")
+        return BackendChoice("triton", path, None, f"{req}: a model on a Triton server")  # type: ignore[arg-type]
+    if req == "triton":
+        raise StpmError(f"{path}: backend triton takes a URI, triton://HOST:PORT/NAME")
+    path = Path(path)
     suffix = path.suffix.lower()
     if suffix == CHECKPOINT_SUFFIX:
         if req not in CHECKPOINT_BACKENDS:
@@ -168,7 +177,9 @@ def probe_tensorrt(device: int = 0) -> TrtEnv:
 
 def open_backend(path: str | Path, backend: str = "auto", threads: int | None = None) -> Backend:
     """The one way to open a model file (``.onnx``, ``.engine`` or a ``.pt`` checkpoint) with the
-    requested backend (one-line StpmError)."""
+    requested backend (one-line StpmError); or a ``triton://HOST:PORT/NAME`` URI."""
+    if is_triton_uri(path):
+        return _open(choose_backend(path, backend), threads)  # type: ignore[arg-type]
     path = Path(path)
     req = str(backend).strip().lower()
     engine: EngineCandidate | None = None
@@ -185,6 +196,10 @@ def open_backend(path: str | Path, backend: str = "auto", threads: int | None = 
 
 
 def _open(choice: BackendChoice, threads: Any) -> Backend:
+    if choice.kind == "triton":
+        from stpm_edge.runtime.backends.triton import TritonBackend  # noqa: PLC0415
+
+        return TritonBackend(str(choice.path))
     if choice.kind == "torch":
         from stpm_edge.runtime.backends.torch import TorchBackend  # noqa: PLC0415
 

@@ -1,0 +1,333 @@
+"""Several sources through one model: ``stpm-run MODEL -s cam0 -s cam1 ...``.
+
+* one **capture** thread per stream (``source.capture()`` + the model input); a live stream keeps
+  only its latest frame (the older one is dropped), a file or folder blocks (every frame);
+* one **inference** thread gathers frames of all streams round-robin into one batch of up to
+  ``batch`` frames (the model's batch), waiting at most ``batch_wait`` seconds after the first
+  frame for more: a stalled or vanished stream never holds the others back;
+* **render/output** on the calling thread, each frame to its stream's sinks (and the shared
+  ones: the event log, saved anomalies), tagged with the stream's name.
+
+A stream that ends (EOS) or is lost for good (after its reconnects) leaves the run; the others go
+on. The summary has one entry per stream and the totals, with the batch sizes seen.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from stpm_edge.apps.run.outputs import Rendered, Sink
+from stpm_edge.apps.run.pipeline import STAGES, PipelineConfig
+from stpm_edge.apps.run.sources import Status, VideoSource
+from stpm_edge.apps.run.stats import LatencyStats, rss_mb
+from stpm_edge.errors import StpmError, first_line
+from stpm_edge.runtime.overlay import HudInfo, draw_hud, render, short_label
+
+logger = logging.getLogger(__name__)
+_END = object()
+
+
+@dataclass
+class Stream:
+    """One source in a multi-stream run, with its own sinks and counters."""
+
+    name: str
+    source: VideoSource
+    sinks: list[Sink] = field(default_factory=list)
+    frames: int = 0
+    ng_frames: int = 0
+    queue_drops: int = 0
+    corrupt: int = 0
+    ended: bool = False
+    error: str | None = None
+    stop_reason: str = ""
+    first_out: float | None = None
+    last_out: float | None = None
+
+    def __post_init__(self) -> None:
+        self.q: queue.Queue = queue.Queue(maxsize=1 if self.source.live else 2)
+        self.stats = {s: LatencyStats() for s in STAGES}
+
+    def summary(self) -> dict[str, Any]:
+        st = self.source.stats
+        span = (self.last_out - self.first_out) if self.first_out is not None and self.last_out is not None else 0.0
+        return {"source": self.source.spec.uri, "frames": self.frames, "ng_frames": self.ng_frames,
+                "dropped": st.dropped + self.queue_drops, "corrupt": st.corrupt + self.corrupt,
+                "reconnects": st.reconnects, "loops": st.loops,
+                "fps": round((self.frames - 1) / span, 2) if self.frames > 1 and span > 0 else 0.0,
+                "stop_reason": self.stop_reason, "error": self.error,
+                "latency_ms": {s: self.stats[s].summary() for s in STAGES},
+                "outputs": {type(s).__name__: s.describe() for s in self.sinks}}
+
+
+@dataclass
+class _Item:
+    stream: Stream
+    index: int
+    frame: np.ndarray
+    t_capture: float
+    x: np.ndarray | None
+    times: dict[str, float]
+    amap: np.ndarray | None = None
+    score: float = 0.0
+
+
+class MultiPipeline:
+    """``streams`` through ``detector`` (see the module docstring). ``config.max_frames`` is per stream."""
+
+    def __init__(self, detector: Any, streams: list[Stream], shared_sinks: list[Sink] | None = None,
+                 config: PipelineConfig = PipelineConfig(), batch_wait: float = 0.005) -> None:
+        if not streams:
+            raise StpmError("no sources")
+        names = [s.name for s in streams]
+        if len(set(names)) != len(names):
+            raise StpmError(f"stream names must differ: {', '.join(names)}")
+        if batch_wait < 0:
+            raise StpmError("batch wait must be >= 0")
+        self.detector, self.streams, self.shared = detector, streams, list(shared_sinks or [])
+        self.config, self.batch_wait = config.validated(), batch_wait
+        self._q_out: queue.Queue = queue.Queue(maxsize=max(2, 2 * self.config.batch))
+        self._ready = threading.Event()
+        self._stop, self._abort = threading.Event(), threading.Event()
+        self._stop_reason = ""
+        self._errors: list[BaseException] = []
+        self.batches: dict[int, int] = {}
+        self.stats = {s: LatencyStats() for s in STAGES}
+        self._label = short_label(detector.describe())
+        self.summary: dict[str, Any] | None = None
+
+    def stop(self, reason: str = "stopped") -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop.set()
+
+    # -- capture, one thread per stream -------------------------------------------------------
+    def _put(self, st: Stream, item: object) -> None:
+        if st.source.live and item is not _END:
+            while True:
+                try:
+                    st.q.put_nowait(item)
+                    break
+                except queue.Full:
+                    try:
+                        st.q.get_nowait()
+                        st.queue_drops += 1
+                    except queue.Empty:
+                        pass
+        else:
+            while not self._abort.is_set():
+                try:
+                    st.q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+        self._ready.set()
+
+    def _capture_loop(self, st: Stream) -> None:
+        captured, limit = 0, self.config.max_frames
+        try:
+            while not self._stop.is_set() and not self._abort.is_set():
+                if limit is not None and (captured >= limit if not st.source.live else st.frames >= limit):
+                    st.stop_reason = f"--max-frames {limit}"
+                    break
+                t0 = time.perf_counter()
+                cap = st.source.capture(self.config.capture_timeout)
+                t1 = time.perf_counter()
+                if cap.status is Status.TIMEOUT:
+                    continue
+                if cap.status is Status.EOS:
+                    st.stop_reason = "end of stream"
+                    break
+                if cap.status is Status.ERROR:
+                    st.error = cap.message or f"{st.source.spec.uri}: source error"
+                    st.stop_reason = "source error"
+                    logger.error("stream %s: %s (the other streams go on)", st.name, st.error)
+                    break
+                try:
+                    _, x = self.detector.prepare([cap.frame])
+                except StpmError as e:
+                    st.corrupt += 1
+                    logger.warning("stream %s: frame %d skipped: %s", st.name, cap.index, e)
+                    continue
+                times = {"capture": t1 - t0, "preprocess": time.perf_counter() - t1}
+                captured += 1
+                self._put(st, _Item(st, cap.index, cap.frame, cap.timestamp, x, times))
+        except BaseException as e:  # noqa: BLE001 - this stream fails; the others go on
+            st.error, st.stop_reason = first_line(e), "error"
+            logger.error("stream %s failed: %s", st.name, st.error)
+        finally:
+            st.stop_reason = st.stop_reason or self._stop_reason or "stopped"
+            self._put(st, _END)
+
+    # -- inference: one batch from all streams --------------------------------------------
+    def _gather(self, rr: int) -> tuple[list[_Item], bool]:
+        """Up to ``batch`` frames, round-robin from ``rr``; (frames, every stream ended)."""
+        batch: list[_Item] = []
+        deadline = None
+        n = len(self.streams)
+        while not self._abort.is_set():
+            self._ready.clear()
+            for k in range(n):
+                st = self.streams[(rr + k) % n]
+                if len(batch) >= self.config.batch or st.ended:
+                    continue
+                try:
+                    item = st.q.get_nowait()
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    st.ended = True
+                else:
+                    batch.append(item)
+            if all(st.ended for st in self.streams):
+                return batch, True
+            now = time.perf_counter()
+            if batch and deadline is None:
+                deadline = now + self.batch_wait
+            if len(batch) >= self.config.batch or (deadline is not None and now >= deadline):
+                return batch, False
+            self._ready.wait(0.05 if deadline is None else max(0.0, deadline - now))
+        return batch, True
+
+    def _infer_loop(self) -> None:
+        try:
+            rr, done = 0, False
+            while not done and not self._abort.is_set():
+                batch, done = self._gather(rr)
+                rr += 1
+                if not batch:
+                    continue
+                x = batch[0].x if len(batch) == 1 else np.concatenate([b.x for b in batch])
+                t0 = time.perf_counter()
+                amaps, scores = self.detector.infer(x)
+                dt = time.perf_counter() - t0
+                self.batches[len(batch)] = self.batches.get(len(batch), 0) + 1
+                for i, item in enumerate(batch):
+                    item.amap, item.score, item.x = amaps[i, 0], float(scores[i]), None
+                    item.times["infer"] = dt
+                    while not self._abort.is_set():
+                        try:
+                            self._q_out.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+        except BaseException as e:  # noqa: BLE001 - the model failed: every stream stops
+            self._errors.append(e)
+            self._abort.set()
+        finally:
+            while True:
+                try:
+                    self._q_out.put(_END, timeout=0.1)
+                    break
+                except queue.Full:
+                    if self._abort.is_set():
+                        break
+
+    # -- render and output (calling thread) ------------------------------------------------
+    def _render(self, item: _Item, result: Any) -> np.ndarray:
+        style = self.config.style
+        ng = result.is_anomalous
+        out = render(item.frame, result.anomaly_map, result.mask if ng else None, replace(style, side_by_side=False),
+                     result.boxes if ng else None)
+        if self.config.hud:
+            span = (item.stream.last_out - item.stream.first_out) if item.stream.first_out and item.stream.last_out else 0
+            fps = (item.stream.frames / span) if span > 0 else None
+            draw_hud(out, HudInfo(result.score, ng, result.threshold, fps, None, f"{item.stream.name} {self._label}",
+                                  item.index))
+        return np.hstack([item.frame, out]) if style.side_by_side else out
+
+    def _output_loop(self) -> None:
+        wall_offset = time.time() - time.perf_counter()
+        while True:
+            if any(s.stop_requested for st in self.streams for s in st.sinks):
+                self.stop("window closed")
+            try:
+                item = self._q_out.get(timeout=0.1)
+            except queue.Empty:
+                if self._abort.is_set():
+                    break
+                continue
+            if item is _END:
+                break
+            st: Stream = item.stream
+            t0 = time.perf_counter()
+            result = self.detector.result(item.frame.shape, item.amap, item.score)
+            t1 = time.perf_counter()
+            sinks = st.sinks + self.shared
+            overlay = self._render(item, result) if any(s.wants_overlay for s in sinks) else None
+            t2 = time.perf_counter()
+            rendered = Rendered(item.index, wall_offset + item.t_capture, item.frame, result, overlay, st.name,
+                                st.source.spec.uri)
+            for sink in sinks:
+                sink.write(rendered)
+            t3 = time.perf_counter()
+            item.times.update(postprocess=t1 - t0, render=t2 - t1, output=t3 - t2, end_to_end=t3 - item.t_capture)
+            for stage, seconds in item.times.items():
+                st.stats[stage].add(seconds)
+                self.stats[stage].add(seconds)
+            st.first_out = t3 if st.first_out is None else st.first_out
+            st.last_out = t3
+            st.frames += 1
+            st.ng_frames += int(result.is_anomalous)
+
+    # -- run -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Stream until every stream ends, :meth:`stop` or a model error; returns the summary.
+
+        A lost stream is reported in its entry (and the run goes on); a failed inference raises
+        after the sinks are closed (the summary so far is kept in :attr:`summary`)."""
+        spec = self.detector.input_spec
+        self.detector.infer(np.zeros(spec.shape(1), dtype=np.dtype(spec.dtype)))  # warm up
+        threads = [threading.Thread(target=self._capture_loop, args=(st,), name=f"capture-{st.name}", daemon=True)
+                   for st in self.streams]
+        threads.append(threading.Thread(target=self._infer_loop, name="inference", daemon=True))
+        t_start = time.perf_counter()
+        for t in threads:
+            t.start()
+        ok = False
+        try:
+            self._output_loop()
+            ok = not self._errors
+        finally:
+            self._stop.set()
+            self._abort.set()
+            for t in threads:
+                t.join(timeout=10.0)
+            seconds = time.perf_counter() - t_start
+            failed = None
+            for sink in [s for st in self.streams for s in st.sinks] + self.shared:
+                try:
+                    sink.close(ok)
+                except Exception as e:  # noqa: BLE001 - close the others, report the first
+                    logger.error("closing %s failed: %s", sink.describe(), first_line(e))
+                    failed = failed or e
+            self.summary = self._summary(seconds)
+        if failed is not None:
+            raise failed
+        if self._errors:
+            self.summary["error"] = first_line(self._errors[0])
+            raise self._errors[0]
+        return self.summary
+
+    def _summary(self, seconds: float) -> dict[str, Any]:
+        streams = {st.name: st.summary() for st in self.streams}
+        frames = sum(s["frames"] for s in streams.values())
+        d = self.detector
+        return {"streams": streams, "source": [st.source.spec.uri for st in self.streams], "model": str(d.path),
+                "backend": d.describe(), "threshold": d.threshold, "frames": frames,
+                "ng_frames": sum(s["ng_frames"] for s in streams.values()),
+                "dropped": sum(s["dropped"] for s in streams.values()),
+                "corrupt": sum(s["corrupt"] for s in streams.values()),
+                "reconnects": sum(s["reconnects"] for s in streams.values()), "seconds": round(seconds, 3),
+                "fps": round(frames / seconds, 2) if seconds > 0 else 0.0,
+                "stop_reason": self._stop_reason or "every stream ended",
+                "errors": {n: s["error"] for n, s in streams.items() if s["error"]},
+                "batches": dict(sorted(self.batches.items())),
+                "latency_ms": {s: self.stats[s].summary() for s in STAGES}, "rss_mb": {"end": round(rss_mb(), 1)},
+                "outputs": {type(s).__name__: s.describe() for s in self.shared}}
