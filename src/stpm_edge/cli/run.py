@@ -174,6 +174,8 @@ def run_cmd(
             raise StpmError("several sources: drop --demo and --camera")
         if model is None:
             raise StpmError("missing MODEL (an .onnx/.engine/.pt file or triton:// URI)")
+        _check_before_writing(batch, max_frames, output, output_kind(output) if output is not None else None,
+                              events, save_anomalies)
         return _run_multi(model, source, backend=backend, threads=threads, threshold=threshold, loop=loop,
                           max_frames=max_frames, batch=batch, batch_wait=batch_wait / 1000.0,
                           reconnect=reconnect, reconnect_attempts=reconnect_attempts,
