@@ -141,7 +141,10 @@ def _cli_flags() -> set[str]:
 def test_every_flag_quoted_in_the_code_exists():
     quoted: dict[str, str] = {}
     for path in SRC.rglob("*.py"):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        if "argparse.ArgumentParser" in text:
+            continue  # a program of its own (e.g. the Triton server script): its flags are its parser's
+        tree = ast.parse(text)
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*", node.value):
