@@ -18,8 +18,8 @@ import pytest
 from _trt_models import reference, write_engine, write_onnx
 
 from stpm_edge.errors import StpmError
-from stpm_edge.runtime.backends.engine_meta import GpuInfo, sidecar_path
-from stpm_edge.runtime.backends.tensorrt import TensorRTBackend
+from stpm_edge.tensorrt.engine_meta import GpuInfo, sidecar_path
+from stpm_edge.tensorrt.runner import TensorRTBackend
 
 ENGINE_BYTES = b"fake plan"
 
@@ -189,11 +189,11 @@ def fake_runtime(device: FakeDevice, version="10.3.0", batch=None, max_batch=4, 
 @pytest.fixture
 def setup(monkeypatch, tmp_path):
     device = FakeDevice()
-    monkeypatch.setattr("stpm_edge.runtime.backends.cuda.load_cuda", lambda device_index=0: device)
+    monkeypatch.setattr("stpm_edge.tensorrt.cuda.load_cuda", lambda device_index=0: device)
 
     def make(batch=None, version="10.3.0", built_with="10.3.0", **kw):
         trt = fake_runtime(device, version=version, batch=batch, **kw)
-        monkeypatch.setattr("stpm_edge.runtime.backends.tensorrt.import_tensorrt", lambda: trt)
+        monkeypatch.setattr("stpm_edge.tensorrt.runner.import_tensorrt", lambda: trt)
         eng = write_engine(tmp_path / "model.fp32.engine", trt=built_with, precision="fp32", batch=batch,
                            data=ENGINE_BYTES)
         return eng, trt
@@ -341,7 +341,7 @@ def fake_cudart():
 
 
 def test_cuda_python_adapter_conventions():
-    from stpm_edge.runtime.backends.cuda import CudaError, _CudaPython
+    from stpm_edge.tensorrt.cuda import CudaError, _CudaPython
 
     rt = fake_cudart()
     cuda = _CudaPython(rt, "cuda.bindings.runtime", 0, handle_of=lambda h: h.address)
@@ -357,7 +357,7 @@ def test_cuda_python_adapter_conventions():
 
 
 def test_load_cuda_prefers_cuda_bindings_then_cudart_then_pycuda(monkeypatch):
-    from stpm_edge.runtime.backends import cuda as cuda_mod
+    from stpm_edge.tensorrt import cuda as cuda_mod
 
     available: dict[str, object] = {}
 

@@ -20,9 +20,9 @@ import pytest
 from _trt_models import write_onnx
 
 from stpm_edge.errors import StpmError
-from stpm_edge.export.tensorrt import build_engine, caps_from_module
-from stpm_edge.export.trt_plan import BuildOptions
-from stpm_edge.runtime.backends.engine_meta import GpuInfo, read_sidecar
+from stpm_edge.tensorrt.builder import build_engine, caps_from_module
+from stpm_edge.tensorrt.plan import BuildOptions
+from stpm_edge.tensorrt.engine_meta import GpuInfo, read_sidecar
 
 GPU = GpuInfo("Fake GPU", "8.7", 0, 8192)
 LAYER_TYPES = {"Cast": "CAST", "ReduceMean": "REDUCE", "Transpose": "SHUFFLE", "Mul": "ELEMENTWISE",
@@ -358,7 +358,7 @@ def test_classic_calibrator_on_86(model_dir, tmp_path, monkeypatch):
     for i in range(10):
         cv2.imwrite(str(images / f"{i:03d}.png"), rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
     cuda = FakeCuda()
-    monkeypatch.setattr("stpm_edge.runtime.backends.cuda.load_cuda", lambda device=0: cuda)
+    monkeypatch.setattr("stpm_edge.tensorrt.cuda.load_cuda", lambda device=0: cuda)
     (model_dir / "model.int8.onnx").unlink()  # no Q/DQ graph: auto falls back to the calibrator
     trt = fake_trt("8.6.1.6")
     opts = BuildOptions(calib_dir=images, calib_count=10, calib_batch=4, calib_method="entropy")

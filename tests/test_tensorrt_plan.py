@@ -1,7 +1,7 @@
 """TensorRT build decisions per release, as pure functions (no TensorRT needed).
 
 The capabilities below are written by hand from each release's Python API documentation
-(see the sources in ``stpm_edge.export.trt_plan``): 8.5/8.6 have EXPLICIT_BATCH and the
+(see the sources in ``stpm_edge.tensorrt.plan``): 8.5/8.6 have EXPLICIT_BATCH and the
 precision flags; 10.x adds STRONGLY_TYPED and keeps EXPLICIT_BATCH only as an ignored
 deprecated member; 11 has neither EXPLICIT_BATCH nor precision flags nor calibrators.
 """
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from stpm_edge.errors import StpmError
-from stpm_edge.export.trt_plan import (TRUNK_PREFIXES, BuildOptions, TrtCaps, calibration_profile,
-                                       default_calib_cache, default_timing_cache, keep_fp32, network_flags,
-                                       plan_build, profile_shapes)
+from stpm_edge.tensorrt.plan import (TRUNK_PREFIXES, BuildOptions, TrtCaps, calibration_profile,
+                                     default_calib_cache, default_timing_cache, keep_fp32, network_flags,
+                                     plan_build, profile_shapes)
 from stpm_edge.runtime.backends.base import InputSpec
-from stpm_edge.runtime.backends.engine_meta import parse_trt_version, same_trt_release
+from stpm_edge.tensorrt.engine_meta import parse_trt_version, same_trt_release
 
 FLAGS_8 = frozenset({"FP16", "INT8", "DEBUG", "GPU_FALLBACK", "REFIT", "DISABLE_TIMING_CACHE", "TF32",
                      "SPARSE_WEIGHTS", "SAFETY_SCOPE", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS",

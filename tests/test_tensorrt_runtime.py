@@ -14,11 +14,11 @@ from _trt_models import reference, write_engine, write_onnx
 
 from stpm_edge.errors import StpmError
 from stpm_edge.runtime.backends.base import InputSpec
-from stpm_edge.runtime.backends.engine_meta import (GpuInfo, check_compat, engine_path_for, onnx_path_for,
-                                                    read_sidecar, rebuild_hint, sidecar_path, split_model_name)
+from stpm_edge.tensorrt.engine_meta import (GpuInfo, check_compat, engine_path_for, onnx_path_for,
+                                            read_sidecar, rebuild_hint, sidecar_path, split_model_name)
 from stpm_edge.runtime.backends.select import (BackendChoice, EngineCandidate, TrtEnv, choose_backend, find_engine,
                                                open_backend)
-from stpm_edge.runtime.backends.tensorrt import NP_DTYPES, TensorInfo, check_engine_io, max_batch
+from stpm_edge.tensorrt.runner import NP_DTYPES, TensorInfo, check_engine_io, max_batch
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 ORIN = GpuInfo("Orin", "8.7")
@@ -250,7 +250,7 @@ def test_open_backend_falls_back_to_onnxruntime(tmp_path, caplog):
 
 @pytest.mark.skipif(HAVE_TRT, reason="checks the messages of a machine without TensorRT")
 def test_without_tensorrt_the_messages_say_how_to_install(tmp_path):
-    from stpm_edge.export.tensorrt import maybe_build_engine
+    from stpm_edge.tensorrt.builder import maybe_build_engine
     from stpm_edge.runtime.backends.select import probe_tensorrt
 
     onnx_path = write_onnx(tmp_path / "model.onnx")
@@ -266,7 +266,7 @@ def test_without_tensorrt_the_messages_say_how_to_install(tmp_path):
 
 
 def test_engine_backend_rejects_wrong_files(tmp_path):
-    from stpm_edge.runtime.backends.tensorrt import TensorRTBackend
+    from stpm_edge.tensorrt.runner import TensorRTBackend
 
     with pytest.raises(StpmError, match="runs .engine files"):
         TensorRTBackend(tmp_path / "model.onnx")

@@ -117,7 +117,7 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, precisions: Sequence[str]
 def _build_engines(onnx_path: Path, precisions: Sequence[str], max_batch: int,
                    status: Callable[[str], None]) -> dict[str, str]:
     """Build ``model.<precision>.engine`` for each precision (TensorRT present); precision → failure."""
-    from stpm_edge.export.tensorrt import BuildOptions, maybe_build_engine  # noqa: PLC0415
+    from stpm_edge.tensorrt.builder import BuildOptions, maybe_build_engine  # noqa: PLC0415
 
     problems = {}
     for p in precisions:

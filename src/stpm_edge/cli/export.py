@@ -93,7 +93,7 @@ def export_cmd(
                                     keep_float=keep_float, forms=int8_forms, val=val, max_drop=max_auroc_drop,
                                     device="cpu", quiet=json_out)
     if engine:
-        from stpm_edge.export.tensorrt import BuildOptions, maybe_build_engine
+        from stpm_edge.tensorrt.builder import BuildOptions, maybe_build_engine
 
         precision = "int8" if int8 else "fp16" if fp16 else "fp32"
         options = BuildOptions(workspace_mib=workspace, timing_cache=timing_cache or True, min_batch=min_batch,

@@ -5,7 +5,7 @@ Graph hygiene: batch norms folded into convolutions and constants folded by the 
 (eval mode, ``do_constant_folding``), then an ONNX Runtime *basic*-level pass (standard ONNX
 ops only: constant folding and redundant-node elimination) removes the shape arithmetic
 that tracing leaves, then strict shape inference and ``onnx.checker`` with ``full_check``.
-The graph's operators must all be parseable by TensorRT 8.5 (:mod:`stpm_edge.export.trt_ops`).
+The graph's operators must all be parseable by TensorRT 8.5 (:mod:`stpm_edge.tensorrt.onnx_ops`).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from stpm_edge import __version__
 from stpm_edge.data.io import atomic_path
 from stpm_edge.errors import StpmError, first_line
 from stpm_edge.export.graph import ExportConfig, ExportGraph, example_input
-from stpm_edge.export.trt_ops import TRT85_MAX_OPSET, unsupported_ops
+from stpm_edge.tensorrt.onnx_ops import TRT85_MAX_OPSET, unsupported_ops
 from stpm_edge.models.checkpoint import ModelMeta, file_sha256, load_checkpoint
 from stpm_edge.runtime.backends.base import INPUT_NAME, METADATA_KEY, parse_metadata
 from stpm_edge.runtime.backends.base import ANOMALY_MAP as MAP_NAME

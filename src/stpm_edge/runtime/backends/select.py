@@ -25,8 +25,8 @@ from typing import Any
 
 from stpm_edge.errors import StpmError
 from stpm_edge.runtime.backends.base import Backend
-from stpm_edge.runtime.backends.engine_meta import (ENGINE_SUFFIX, PRECISIONS, GpuInfo, check_compat,
-                                                    engine_path_for, read_sidecar, split_model_name)
+from stpm_edge.tensorrt.engine_meta import (ENGINE_SUFFIX, PRECISIONS, GpuInfo, check_compat,
+                                            engine_path_for, read_sidecar, split_model_name)
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,8 @@ def probe_tensorrt(device: int = 0) -> TrtEnv:
     """TensorRT's version and the GPU, importing ``tensorrt`` only when it is installed."""
     if importlib.util.find_spec("tensorrt") is None:
         return TrtEnv(reason="tensorrt is not installed")
-    from stpm_edge.runtime.backends.cuda import probe_gpu  # noqa: PLC0415
-    from stpm_edge.runtime.backends.tensorrt import import_tensorrt  # noqa: PLC0415
+    from stpm_edge.tensorrt.cuda import probe_gpu  # noqa: PLC0415
+    from stpm_edge.tensorrt.runner import import_tensorrt  # noqa: PLC0415
 
     try:
         trt = import_tensorrt()
@@ -181,7 +181,7 @@ def open_backend(path: str | Path, backend: str = "auto", threads: int | None = 
 
 def _open(choice: BackendChoice, threads: Any) -> Backend:
     if choice.kind == "tensorrt":
-        from stpm_edge.runtime.backends.tensorrt import TensorRTBackend  # noqa: PLC0415
+        from stpm_edge.tensorrt.runner import TensorRTBackend  # noqa: PLC0415
 
         return TensorRTBackend(choice.path)
     from stpm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend  # noqa: PLC0415

@@ -34,7 +34,7 @@ import numpy as np
 
 from stpm_edge.errors import StpmError, first_line
 from stpm_edge.runtime.backends.base import ANOMALY_MAP, OUTPUT_NAMES, Backend, InputSpec
-from stpm_edge.runtime.backends.engine_meta import (ENGINE_SUFFIX, check_compat, read_sidecar, rebuild_hint)
+from stpm_edge.tensorrt.engine_meta import (ENGINE_SUFFIX, check_compat, read_sidecar, rebuild_hint)
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class TensorRTBackend(Backend):
             raise StpmError(f"{self.path}: bad engine sidecar: {e}") from e
         self._closed = True
         trt = import_tensorrt()
-        from stpm_edge.runtime.backends.cuda import load_cuda  # noqa: PLC0415
+        from stpm_edge.tensorrt.cuda import load_cuda  # noqa: PLC0415
 
         self._cuda = load_cuda(device)
         self.gpu = self._cuda.device_info(device)

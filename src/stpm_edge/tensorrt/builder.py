@@ -1,9 +1,9 @@
 """The TensorRT engine builder: ``model.onnx`` (+ ``model.fp16.onnx`` / ``model.int8.onnx``) →
 ``model.<precision>.engine`` + ``model.<precision>.engine.json`` (see
-:mod:`stpm_edge.runtime.backends.engine_meta` for the sidecar).
+:mod:`stpm_edge.tensorrt.engine_meta` for the sidecar).
 
 This is the only module that builds with ``tensorrt``. Every choice is made up front by
-:func:`stpm_edge.export.trt_plan.plan_build` from :func:`caps_from_module` (feature checks on
+:func:`stpm_edge.tensorrt.plan.plan_build` from :func:`caps_from_module` (feature checks on
 the imported module); this module carries the plan out in the documented order:
 
 ``Builder(logger)`` → ``create_network(flags)`` (flag bits computed from the enum members the
@@ -43,13 +43,13 @@ import numpy as np
 
 from stpm_edge.data.io import atomic_path
 from stpm_edge.errors import StpmError, first_line
-from stpm_edge.export.trt_plan import (CALIBRATOR_CLASSES, BuildOptions, BuildPlan, ProfileShapes, TrtCaps,
-                                       default_timing_cache, is_trunk_layer, keep_fp32, plan_build)
+from stpm_edge.tensorrt.plan import (CALIBRATOR_CLASSES, BuildOptions, BuildPlan, ProfileShapes, TrtCaps,
+                                     default_timing_cache, is_trunk_layer, keep_fp32, plan_build)
 from stpm_edge.runtime.backends.base import ANOMALY_MAP, SCORE, InputSpec, parse_metadata
-from stpm_edge.runtime.backends.engine_meta import (ENGINE_FORMAT, ENGINE_FORMAT_VERSION, PRECISIONS, GpuInfo,
-                                                    engine_path_for, onnx_path_for, parse_trt_version,
-                                                    sidecar_path, split_model_name)
-from stpm_edge.runtime.backends.tensorrt import enum_name, import_tensorrt, make_logger
+from stpm_edge.tensorrt.engine_meta import (ENGINE_FORMAT, ENGINE_FORMAT_VERSION, PRECISIONS, GpuInfo,
+                                            engine_path_for, onnx_path_for, parse_trt_version,
+                                            sidecar_path, split_model_name)
+from stpm_edge.tensorrt.runner import enum_name, import_tensorrt, make_logger
 
 logger = logging.getLogger(__name__)
 
@@ -138,11 +138,11 @@ def make_calibrator(trt: Any, class_name: str, batches: Any, cache_path: Path | 
 
     ``batches``: a :class:`stpm_edge.calibration.reader.CalibrationFrames` (or None to use the
     cache only). Each batch is copied into one device buffer whose pointer ``get_batch``
-    returns. The cache goes through :mod:`stpm_edge.calibration.cache` (validated, atomic).
+    returns. The cache goes through :mod:`stpm_edge.tensorrt.calibration_cache` (validated, atomic).
     Errors inside callbacks (which TensorRT calls from C++) are kept in ``.error`` and
     re-raised by the builder after ``build_serialized_network`` returns.
     """
-    from stpm_edge.calibration.cache import read_cache_bytes, write_cache_bytes  # noqa: PLC0415
+    from stpm_edge.tensorrt.calibration_cache import read_cache_bytes, write_cache_bytes  # noqa: PLC0415
 
     base = getattr(trt, class_name)
 
@@ -212,7 +212,7 @@ def _check_cache(cache_path: Path, trt_version: str, method: str, have_images: b
     TensorRT ignores a cache written by another release or calibrator and calibrates again,
     which needs images: without ``--calib-dir`` that is a clear error here instead.
     """
-    from stpm_edge.calibration.cache import cache_header, read_cache  # noqa: PLC0415
+    from stpm_edge.tensorrt.calibration_cache import cache_header, read_cache  # noqa: PLC0415
 
     if not Path(cache_path).is_file():
         if not have_images:
@@ -305,7 +305,7 @@ def _timing_cache(config: Any, path: Path | None) -> Any:
 
 
 def _gpu(cuda_device: int = 0) -> GpuInfo:
-    from stpm_edge.runtime.backends.cuda import probe_gpu  # noqa: PLC0415
+    from stpm_edge.tensorrt.cuda import probe_gpu  # noqa: PLC0415
 
     gpu, why = probe_gpu(cuda_device)
     if gpu is None:
@@ -377,7 +377,7 @@ def build_engine(onnx_path: Path, precision: str = "fp32", options: BuildOptions
     calib_cache = None
     if plan.int8_method == "calibrator":
         from stpm_edge.calibration.reader import CalibrationFrames  # noqa: PLC0415
-        from stpm_edge.runtime.backends.cuda import load_cuda  # noqa: PLC0415
+        from stpm_edge.tensorrt.cuda import load_cuda  # noqa: PLC0415
 
         calib_cache = plan.calib_cache
         reuse = _check_cache(calib_cache, version, options.calib_method, options.calib_dir is not None)
@@ -456,7 +456,7 @@ def maybe_build_engine(onnx_path: Path, precision: str = "fp32", options: BuildO
         trt = import_tensorrt()
     except StpmError as e:
         return SkipReason(str(e))
-    from stpm_edge.runtime.backends.cuda import probe_gpu  # noqa: PLC0415
+    from stpm_edge.tensorrt.cuda import probe_gpu  # noqa: PLC0415
 
     gpu, why = probe_gpu(0)
     if gpu is None:

@@ -2,7 +2,7 @@
 
 :class:`TrtCaps` says what a ``tensorrt`` module offers, found by feature checks (names of
 enum members and class attributes, never numeric flag bits, whose values changed between
-releases): :func:`stpm_edge.export.tensorrt.caps_from_module` builds it from the imported
+releases): :func:`stpm_edge.tensorrt.builder.caps_from_module` builds it from the imported
 module, tests build it by hand for 8.5, 8.6, 10.3, 10.x and 11. :func:`plan_build` turns
 caps + precision + options + the ONNX files that exist into a :class:`BuildPlan`; the builder
 only carries the plan out.
@@ -47,7 +47,7 @@ from pathlib import Path
 
 from stpm_edge.errors import StpmError
 from stpm_edge.runtime.backends.base import InputSpec
-from stpm_edge.runtime.backends.engine_meta import PRECISIONS, TrtVersion
+from stpm_edge.tensorrt.engine_meta import PRECISIONS, TrtVersion
 
 FP16_MODES = ("auto", "typed", "flags")
 INT8_MODES = ("auto", "qdq", "calibrator")

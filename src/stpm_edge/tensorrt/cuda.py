@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from stpm_edge.errors import StpmError, first_line
-from stpm_edge.runtime.backends.engine_meta import GpuInfo
+from stpm_edge.tensorrt.engine_meta import GpuInfo
 
 logger = logging.getLogger(__name__)
 
