@@ -25,7 +25,7 @@ INT8_MAX_DROP_PT = 0.5
 @pytest.fixture(scope="module")
 def trt_env():
     from stpm_edge.tensorrt.cuda import probe_gpu
-    from stpm_edge.tensorrt.runner import import_tensorrt
+    from stpm_edge.tensorrt.api import import_tensorrt
 
     try:
         trt = import_tensorrt()

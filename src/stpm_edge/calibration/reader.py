@@ -3,7 +3,7 @@ the exported graph's own input (raw uint8 BGR frames, or the normalised tensor f
 float-input graph), in fixed-size batches.
 
 One reader feeds both calibrators: ONNX Runtime's static quantization
-(:class:`OrtReader`) and TensorRT's classic calibrators (in :mod:`stpm_edge.tensorrt.builder`).
+(:class:`OrtReader`) and TensorRT's classic calibrators (in :mod:`stpm_edge.tensorrt.calibrator`).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 :class:`TrtCaps` says what a ``tensorrt`` module offers, found by feature checks (names of
 enum members and class attributes, never numeric flag bits, whose values changed between
-releases): :func:`stpm_edge.tensorrt.builder.caps_from_module` builds it from the imported
+releases): :func:`stpm_edge.tensorrt.api.caps_from_module` builds it from the imported
 module, tests build it by hand for 8.5, 8.6, 10.3, 10.x and 11. :func:`plan_build` turns
 caps + precision + options + the ONNX files that exist into a :class:`BuildPlan`; the builder
 only carries the plan out.

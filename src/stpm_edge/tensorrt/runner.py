@@ -32,55 +32,17 @@ from typing import Any
 
 import numpy as np
 
-from stpm_edge.errors import StpmError, first_line
+from stpm_edge.errors import StpmError
 from stpm_edge.runtime.backends.base import ANOMALY_MAP, OUTPUT_NAMES, Backend, InputSpec
+from stpm_edge.tensorrt.api import enum_name, import_tensorrt, make_logger
 from stpm_edge.tensorrt.engine_meta import (ENGINE_SUFFIX, check_compat, read_sidecar, rebuild_hint)
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("stpm_edge.runtime.backends.tensorrt")  # the name the apps quiet
 
-INSTALL_HINT = "pip install 'stpm-edge[tensorrt]' on a desktop; on Jetson it comes with JetPack"
 # TensorRT DataType member → numpy dtype name.
 NP_DTYPES = {"FLOAT": "float32", "HALF": "float16", "UINT8": "uint8", "INT8": "int8", "INT32": "int32",
              "INT64": "int64", "BOOL": "bool"}
 SPEC_DTYPES = {"uint8": "UINT8", "float32": "FLOAT"}
-
-
-def import_tensorrt() -> Any:
-    """The ``tensorrt`` module, or a one-line StpmError saying how to install it."""
-    try:
-        import tensorrt  # noqa: PLC0415
-    except Exception as e:  # noqa: BLE001 - ImportError, or OSError from a missing libnvinfer
-        raise StpmError(f"tensorrt is not installed ({first_line(e)}); {INSTALL_HINT}") from None
-    return tensorrt
-
-
-def enum_name(value: Any) -> str:
-    """An enum value's member name (``DataType.FLOAT`` → ``FLOAT``)."""
-    return str(getattr(value, "name", None) or str(value).rsplit(".", 1)[-1])
-
-
-def make_logger(trt: Any, verbose: bool = False) -> Any:
-    """A ``trt.ILogger`` forwarding to :mod:`logging` that keeps the errors for one-line messages."""
-
-    class _Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)  # pybind trampoline: the base must be initialised explicitly
-            self.errors: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:  # called from C++: must not raise
-            sev = enum_name(severity)
-            if sev in ("INTERNAL_ERROR", "ERROR"):
-                self.errors.append(" ".join(str(msg).split()))
-                logger.error("TensorRT: %s", msg)
-            elif sev == "WARNING":
-                logger.warning("TensorRT: %s", msg)
-            elif verbose:
-                logger.debug("TensorRT: %s", msg)
-
-        def last_error(self) -> str:
-            return self.errors[-1][:300] if self.errors else "see the TensorRT log"
-
-    return _Logger()
 
 
 @dataclass(frozen=True)

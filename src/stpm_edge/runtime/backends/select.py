@@ -152,7 +152,7 @@ def probe_tensorrt(device: int = 0) -> TrtEnv:
     if importlib.util.find_spec("tensorrt") is None:
         return TrtEnv(reason="tensorrt is not installed")
     from stpm_edge.tensorrt.cuda import probe_gpu  # noqa: PLC0415
-    from stpm_edge.tensorrt.runner import import_tensorrt  # noqa: PLC0415
+    from stpm_edge.tensorrt.api import import_tensorrt  # noqa: PLC0415
 
     try:
         trt = import_tensorrt()
