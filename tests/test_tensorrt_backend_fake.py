@@ -15,6 +15,7 @@ import types
 
 import numpy as np
 import pytest
+from _trt_api import fake_enum, fake_module, restrict
 from _trt_models import reference, write_engine, write_onnx
 
 from stpm_edge.errors import StpmError
@@ -22,11 +23,6 @@ from stpm_edge.tensorrt.engine_meta import GpuInfo, sidecar_path
 from stpm_edge.tensorrt.runner import TensorRTBackend
 
 ENGINE_BYTES = b"fake plan"
-
-
-class _Val:
-    def __init__(self, name: str) -> None:
-        self.name = name
 
 
 class FakeDevice:
@@ -100,48 +96,55 @@ class FakeDevice:
         pass
 
 
-def fake_runtime(device: FakeDevice, version="10.3.0", batch=None, max_batch=4, in_dtype="UINT8"):
-    """A ``tensorrt``-shaped module whose engine runs the tiny model on the fake device memory."""
+def fake_runtime(device: FakeDevice, version="10.3.0", batch=None, max_batch=4, in_dtype="UINT8",
+                 address_ok=True):
+    """A ``tensorrt``-shaped module whose engine runs the tiny model on the fake device memory.
+
+    Held to the real module of ``version`` (``_trt_api``): only members the real classes have,
+    the real enums."""
     calls: list[tuple] = []
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
+    trt = fake_module(version)
     trt.calls = calls
-    trt.TensorIOMode = types.SimpleNamespace(INPUT=_Val("INPUT"), OUTPUT=_Val("OUTPUT"))
+    trt.TensorIOMode = fake_enum(version, "TensorIOMode")
+    trt.DataType = fake_enum(version, "DataType")
 
     class ILogger:
+        Severity = fake_enum(version, "ILogger.Severity")
+
         def __init__(self):
             pass
 
-    trt.ILogger = ILogger
+    trt.ILogger = restrict(ILogger, version, "ILogger")
     b = -1 if batch is None else batch
     shapes = {"frames": (b, 8, 8, 3), "anomaly_map": (b, 1, 8, 8), "score": (b,)}
 
-    class Context:
+    class IExecutionContext:
         def __init__(self):
-            self.n = batch or 1
-            self.addr = {}
+            self._n = batch or 1
+            self._addr = {}
 
         def set_input_shape(self, name, shape):
             calls.append(("set_input_shape", tuple(shape)))
             if not 1 <= shape[0] <= max_batch:
                 return False
-            self.n = shape[0]
+            self._n = shape[0]
             return True
 
         def get_tensor_shape(self, name):
-            return (self.n,) + tuple(shapes[name][1:])
+            return (self._n,) + tuple(shapes[name][1:])
 
         def set_tensor_address(self, name, ptr):
             calls.append(("set_tensor_address", name))
-            self.addr[name] = ptr
+            self._addr[name] = ptr
+            return address_ok
 
         def _compute(self):
-            n = self.n
-            raw = bytes(device.mem[self.addr["frames"]][: n * 8 * 8 * 3])
+            n = self._n
+            raw = bytes(device.mem[self._addr["frames"]][: n * 8 * 8 * 3])
             frames = np.frombuffer(raw, np.uint8).reshape(n, 8, 8, 3)
             amap, score = reference(frames)
-            device.mem[self.addr["anomaly_map"]][: amap.nbytes] = amap.astype(np.float32).tobytes()
-            device.mem[self.addr["score"]][: score.nbytes] = score.astype(np.float32).tobytes()
+            device.mem[self._addr["anomaly_map"]][: amap.nbytes] = amap.astype(np.float32).tobytes()
+            device.mem[self._addr["score"]][: score.nbytes] = score.astype(np.float32).tobytes()
 
         def execute_async_v3(self, stream_handle):
             calls.append(("execute_async_v3", stream_handle, device.capturing is not None))
@@ -151,18 +154,20 @@ def fake_runtime(device: FakeDevice, version="10.3.0", batch=None, max_batch=4, 
                 self._compute()
             return True
 
-    class Engine:
+    restrict(IExecutionContext, version, "IExecutionContext")
+
+    class ICudaEngine:
         num_io_tensors = 3
-        names = ("frames", "anomaly_map", "score")
+        _names = ("frames", "anomaly_map", "score")
 
         def get_tensor_name(self, i):
-            return self.names[i]
+            return self._names[i]
 
         def get_tensor_mode(self, name):
             return trt.TensorIOMode.INPUT if name == "frames" else trt.TensorIOMode.OUTPUT
 
         def get_tensor_dtype(self, name):
-            return _Val(in_dtype if name == "frames" else "FLOAT")
+            return getattr(trt.DataType, in_dtype if name == "frames" else "FLOAT")
 
         def get_tensor_shape(self, name):
             return shapes[name]
@@ -172,7 +177,9 @@ def fake_runtime(device: FakeDevice, version="10.3.0", batch=None, max_batch=4, 
 
         def create_execution_context(self):
             calls.append(("create_execution_context",))
-            return Context()
+            return IExecutionContext()
+
+    restrict(ICudaEngine, version, "ICudaEngine")
 
     class Runtime:
         def __init__(self, logger):
@@ -180,9 +187,9 @@ def fake_runtime(device: FakeDevice, version="10.3.0", batch=None, max_batch=4, 
 
         def deserialize_cuda_engine(self, data):
             calls.append(("deserialize_cuda_engine", bytes(data)))
-            return Engine() if bytes(data) == ENGINE_BYTES else None
+            return ICudaEngine() if bytes(data) == ENGINE_BYTES else None
 
-    trt.Runtime = Runtime
+    trt.Runtime = restrict(Runtime, version, "Runtime")
     return trt
 
 
