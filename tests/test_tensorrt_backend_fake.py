@@ -386,17 +386,87 @@ def test_load_cuda_prefers_cuda_bindings_then_cudart_then_pycuda(monkeypatch):
     assert api.name == "cuda-python (cuda.bindings.runtime)" and api.stream_handle(_Handle(5)) == 5
 
 
+class _NoDriverRuntime:
+    """cuda-python 11.8.7-12.8 on a machine without an NVIDIA driver: every call raises."""
+
+    def __getattr__(self, name):
+        def call(*args):
+            raise RuntimeError("Failed to dlopen libcuda.so.1")
+
+        return call
+
+
+def test_probe_gpu_without_a_driver_is_a_reason_not_a_traceback(monkeypatch):
+    """Issue 19: cuda-python <= 12.8 raise RuntimeError where no driver is installed; stpm-export,
+    backend selection and trt_check.py must say "no GPU" in one line instead of a traceback."""
+    from stpm_edge.tensorrt import cuda as cuda_mod
+
+    monkeypatch.setattr(cuda_mod, "_import", lambda name: _NoDriverRuntime() if name == "cuda.bindings.runtime"
+                        else (_ for _ in ()).throw(ImportError(name)))
+    gpu, why = cuda_mod.probe_gpu(0)
+    assert gpu is None
+    assert why == "no CUDA GPU (CUDA cudaGetDeviceCount failed: Failed to dlopen libcuda.so.1)"
+    api = cuda_mod.load_cuda(0)
+    with pytest.raises(cuda_mod.CudaError, match=r"^CUDA cudaMalloc failed: Failed to dlopen libcuda.so.1$"):
+        api.malloc(16)
+
+
+def test_load_cuda_reports_a_binding_that_fails_to_load(monkeypatch):
+    from stpm_edge.tensorrt import cuda as cuda_mod
+
+    def broken(name):
+        raise (OSError("libcudart.so.12: cannot open shared object file") if name.startswith("cuda.")
+               else ImportError(f"No module named {name!r}"))
+
+    monkeypatch.setattr(cuda_mod, "_import", broken)
+    gpu, why = cuda_mod.probe_gpu(0)
+    assert gpu is None and why.startswith("no CUDA Python binding found (cuda.bindings.runtime: libcudart.so.12")
+
+
+def test_the_adapter_calls_only_the_listed_runtime_functions():
+    """RUNTIME_CALLS is what the conformance test checks on real cuda-python: it must be complete."""
+    from stpm_edge.tensorrt.cuda import RUNTIME_CALLS, _CudaPython
+
+    used: set[str] = set()
+    ok = _Err(0, "cudaSuccess")
+
+    class Recording:
+        cudaStreamNonBlocking = 1
+        cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+        cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeThreadLocal=1)
+
+        def __getattr__(self, name):
+            used.add(name)
+            props = types.SimpleNamespace(name=b"GPU", major=8, minor=7, totalGlobalMem=2**30)
+            buf = np.zeros(64, np.uint8)
+            value = {"cudaGetDeviceCount": 1, "cudaGetDeviceProperties": props,
+                     "cudaMallocHost": buf.ctypes.data}.get(name, 7)
+            return lambda *args: (ok, value)
+
+    cuda = _CudaPython(Recording(), "cuda.bindings.runtime", device=1)
+    cuda.device_count(), cuda.device_info(0)
+    with cuda.activate():
+        host = cuda.pinned_empty((4,), np.float32)
+        stream = cuda.stream_create()
+        ptr = cuda.malloc(16)
+        cuda.htod_async(ptr, host, stream), cuda.dtoh_async(host, ptr, stream), cuda.synchronize(stream)
+        cuda.capture_begin(stream)
+        graph = cuda.capture_end(stream)
+        cuda.graph_launch(graph, stream), cuda.graph_destroy(graph)
+        cuda.free(ptr), cuda.pinned_free(host), cuda.stream_destroy(stream)
+    assert used and used <= set(RUNTIME_CALLS), used - set(RUNTIME_CALLS)
+
+
 def test_installed_cuda_bindings_have_the_calls_used():
-    """Where cuda-bindings is installed (no GPU needed), the names and enum members the adapter uses exist."""
+    """Where cuda-bindings is installed (no GPU needed), the names and enum members the adapter uses
+    exist, and asking for the GPU gives a device or a one-line reason, never an exception."""
     rt = pytest.importorskip("cuda.bindings.runtime")
-    for name in ("cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaSetDevice", "cudaMalloc", "cudaFree",
-                 "cudaMallocHost", "cudaFreeHost", "cudaStreamCreateWithFlags", "cudaStreamDestroy",
-                 "cudaMemcpyAsync", "cudaStreamSynchronize", "cudaStreamBeginCapture", "cudaStreamEndCapture",
-                 "cudaGraphInstantiateWithFlags", "cudaGraphLaunch", "cudaGraphExecDestroy", "cudaGraphDestroy",
-                 "cudaGetErrorString"):
+    from stpm_edge.tensorrt.cuda import RUNTIME_CALLS, probe_gpu
+
+    for name in RUNTIME_CALLS:
         assert callable(getattr(rt, name)), name
     assert int(rt.cudaStreamNonBlocking) == 1
     assert rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal is not None
     assert rt.cudaMemcpyKind.cudaMemcpyHostToDevice and rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-    err = rt.cudaGetDeviceCount()[0]  # (cudaError_t, count) whether or not a GPU is present
-    assert isinstance(int(err), int) and hasattr(err, "name")
+    gpu, why = probe_gpu(0)
+    assert (gpu is None) == bool(why) and "\n" not in why
