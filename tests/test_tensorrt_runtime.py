@@ -265,6 +265,40 @@ def test_without_tensorrt_the_messages_say_how_to_install(tmp_path):
         open_backend(fp16, "tensorrt")
 
 
+@pytest.fixture
+def no_tensorrt_module():
+    """Forget any imported ``tensorrt`` before and after the test (the test imports a fake one)."""
+    import sys
+
+    saved = sys.modules.pop("tensorrt", None)
+    yield
+    sys.modules.pop("tensorrt", None)
+    if saved is not None:
+        sys.modules["tensorrt"] = saved
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="puts a fake tensorrt on the path of a machine without TensorRT")
+@pytest.mark.parametrize("content", [None, "__init__.pyi"])
+def test_an_empty_tensorrt_package_is_not_tensorrt(tmp_path, monkeypatch, no_tensorrt_module, content):
+    """Issue 19: an empty namespace package (tensorrt-stubs alone, a stray tensorrt/ folder) imports;
+    it must give the install line, not AttributeError: module 'tensorrt' has no attribute '__version__'."""
+    from stpm_edge.runtime.backends.select import probe_tensorrt
+    from stpm_edge.tensorrt.api import import_tensorrt
+    from stpm_edge.tensorrt.builder import maybe_build_engine
+
+    folder = tmp_path / "site" / "tensorrt"
+    folder.mkdir(parents=True)
+    if content:
+        (folder / content).write_text("class Builder: ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(StpmError, match=r"^tensorrt is not installed \(the 'tensorrt' found at .*site.tensorrt "
+                                        r"is not TensorRT: it has no __version__.*\); pip install"):
+        import_tensorrt()
+    assert probe_tensorrt().reason.startswith("tensorrt is not installed (the 'tensorrt' found at")
+    skip = maybe_build_engine(write_onnx(tmp_path / "model.onnx"), "fp32")
+    assert not skip.built and "is not TensorRT" in str(skip)
+
+
 def test_engine_backend_rejects_wrong_files(tmp_path):
     from stpm_edge.tensorrt.runner import TensorRTBackend
 

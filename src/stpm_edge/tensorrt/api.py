@@ -25,11 +25,20 @@ INSTALL_HINT = "pip install 'stpm-edge[tensorrt]' on a desktop; on Jetson it com
 
 
 def import_tensorrt() -> Any:
-    """The ``tensorrt`` module, or a one-line StpmError saying how to install it."""
+    """The ``tensorrt`` module, or a one-line StpmError saying how to install it.
+
+    A ``tensorrt`` without ``__version__`` is refused too: an empty namespace package
+    (``tensorrt-stubs`` installed alone, or any folder named ``tensorrt`` on the path) imports
+    fine and would fail later with ``AttributeError: module 'tensorrt' has no attribute ...``.
+    """
     try:
         import tensorrt  # noqa: PLC0415
     except Exception as e:  # noqa: BLE001 - ImportError, or OSError from a missing libnvinfer
         raise StpmError(f"tensorrt is not installed ({first_line(e)}); {INSTALL_HINT}") from None
+    if getattr(tensorrt, "__version__", None) is None:
+        where = getattr(tensorrt, "__file__", None) or ", ".join(getattr(tensorrt, "__path__", None) or []) or "?"
+        raise StpmError(f"tensorrt is not installed (the 'tensorrt' found at {where} is not TensorRT: it has no "
+                        f"__version__, e.g. tensorrt-stubs alone or a folder named tensorrt); {INSTALL_HINT}")
     return tensorrt
 
 
