@@ -50,7 +50,8 @@ def snapshot(trt: Any) -> dict:
     for name in CLASSES:
         cls = getattr(trt, name, None)
         if cls is not None:
-            snap["classes"][name] = {n: _kind(inspect.getattr_static(cls, n)) for n in dir(cls) if not n.startswith("__")}
+            snap["classes"][name] = {n: _kind(inspect.getattr_static(cls, n)) for n in dir(cls)
+                                     if not n.startswith("__")}
     for name in ENUMS:
         enum = getattr(trt, name, None)
         if enum is not None:

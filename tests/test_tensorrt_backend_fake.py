@@ -97,14 +97,18 @@ class FakeDevice:
 
 
 def fake_runtime(device: FakeDevice, version="10.3.0", batch=None, max_batch=4, in_dtype="UINT8",
-                 address_ok=True):
+                 address_ok=True, no_cuda=None):
     """A ``tensorrt``-shaped module whose engine runs the tiny model on the fake device memory.
 
     Held to the real module of ``version`` (``_trt_api``): only members the real classes have,
-    the real enums."""
+    the real enums. Like TensorRT it logs into the first logger it was given. ``no_cuda``:
+    Runtime() logs CUDA's failure and raises ("raise") or returns anyway ("errors", as the lean
+    runtime does); ``trt._fail["exec"]`` makes execute_async_v3 log an error and return False."""
     calls: list[tuple] = []
     trt = fake_module(version)
     trt.calls = calls
+    trt._fail = {"exec": False}
+    global_logger: list = []
     trt.TensorIOMode = fake_enum(version, "TensorIOMode")
     trt.DataType = fake_enum(version, "DataType")
 
@@ -148,6 +152,10 @@ def fake_runtime(device: FakeDevice, version="10.3.0", batch=None, max_batch=4, 
 
         def execute_async_v3(self, stream_handle):
             calls.append(("execute_async_v3", stream_handle, device.capturing is not None))
+            if trt._fail["exec"]:
+                global_logger[0].log(ILogger.Severity.ERROR, "IExecutionContext::enqueueV3: Error Code 1: "
+                                                             "Cuda Runtime (an illegal memory access)")
+                return False
             if device.capturing is not None:
                 device.capturing.append(self._compute)
             else:
@@ -184,6 +192,14 @@ def fake_runtime(device: FakeDevice, version="10.3.0", batch=None, max_batch=4, 
     class Runtime:
         def __init__(self, logger):
             calls.append(("Runtime",))
+            if not global_logger:
+                global_logger.append(logger)
+            if no_cuda:
+                global_logger[0].log(ILogger.Severity.ERROR, "createInferRuntime: Error Code 6: API Usage Error "
+                                                             "(CUDA initialization failure with error: 35)")
+                global_logger[0].log(ILogger.Severity.ERROR, "Runtime::Runtime: Error Code 1: Cuda Runtime")
+                if no_cuda == "raise":
+                    raise TypeError("pybind11::init(): factory function returned nullptr")
 
         def deserialize_cuda_engine(self, data):
             calls.append(("deserialize_cuda_engine", bytes(data)))
@@ -307,6 +323,22 @@ def test_auto_selection_opens_the_engine_when_tensorrt_fits(setup, monkeypatch, 
         assert backend.name == "tensorrt"
         amap, _ = backend.infer(_frames(2))
     assert amap.shape == (2, 1, 8, 8)
+
+
+def test_backends_share_one_logger_and_report_their_own_errors(setup):
+    """Issue 19: several engines open (stpm-eval --compare): TensorRT logs into the first logger;
+    with one process-wide logger the failing backend still reports its error."""
+    device, make = setup
+    eng, trt = make(batch=1)
+    first, second = TensorRTBackend(eng), TensorRTBackend(eng)
+    try:
+        assert first._log is second._log
+        trt._fail["exec"] = True
+        with pytest.raises(StpmError, match=r"TensorRT inference failed \(IExecutionContext::enqueueV3: Error Code 1"):
+            second.infer(_frames(1))
+    finally:
+        first.close()
+        second.close()
 
 
 # -- the cuda-python adapter (no GPU: a fake runtime module with cuda-python's conventions) ----------

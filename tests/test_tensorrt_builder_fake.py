@@ -33,11 +33,19 @@ LAYER_TYPES = {"Cast": "CAST", "ReduceMean": "REDUCE", "Transpose": "SHUFFLE", "
 
 
 def fake_trt(version: str, fail_parse: bool = False, fail_build: bool = False,
-             set_profile_ok: bool = True) -> types.ModuleType:
-    """A module shaped like ``tensorrt`` ``version`` (8.x, 10.x or 11.x), recording calls in ``.calls``."""
+             set_profile_ok: bool = True, no_cuda: str | None = None) -> types.ModuleType:
+    """A module shaped like ``tensorrt`` ``version`` (8.x, 10.x or 11.x), recording calls in ``.calls``.
+
+    Like TensorRT, it keeps one global logger: the first one a Builder got receives every later
+    message (NVIDIA/TensorRT#1475). ``no_cuda``: "raise" — Builder() logs CUDA's failure and raises
+    pybind's TypeError; "errors" — it logs the failure and returns an object anyway.
+    ``trt._fail["build"]`` can be switched between builds.
+    """
     calls: list[tuple] = []
     trt = fake_module(version)
     trt.calls = calls
+    trt._fail = {"build": fail_build}
+    global_logger: list = []
     # Flag values differ between releases (STRONGLY_TYPED is 1 in 10 and 0 in 11, where EXPLICIT_BATCH
     # is gone); the builder must use the names. The enums are the real ones.
     for enum in ("NetworkDefinitionCreationFlag", "BuilderFlag", "MemoryPoolType", "DeviceType", "DataType",
@@ -190,7 +198,15 @@ def fake_trt(version: str, fail_parse: bool = False, fail_build: bool = False,
 
         def __init__(self, logger) -> None:
             assert logger._initialised, "ILogger.__init__ must be called by the subclass"
-            self._logger = logger
+            if not global_logger:
+                global_logger.append(logger)
+            self._logger = global_logger[0]  # TensorRT logs into the first logger it was given
+            if no_cuda:
+                self._logger.log(severity.ERROR, "createInferBuilder: Error Code 6: API Usage Error (CUDA "
+                                                 "initialization failure with error: 35.\n Please check your CUDA "
+                                                 "installation)")
+                if no_cuda == "raise":
+                    raise TypeError("pybind11::init(): factory function returned nullptr")
 
         def create_network(self, flags):
             calls.append(("create_network", flags))
@@ -211,7 +227,9 @@ def fake_trt(version: str, fail_parse: bool = False, fail_build: bool = False,
                     while calib.get_batch(["frames"]) is not None:
                         calls.append(("get_batch",))
                     calib.write_calibration_cache(memoryview(b"TRT-8601-EntropyCalibration2\nframes: 3c010a14\n"))
-            if fail_build:
+            if trt._fail.get("silent"):
+                return None
+            if trt._fail["build"]:
                 self._logger.log(severity.ERROR, "Error Code 4: Internal Error (no implementation obeys "
                                                  "reformatting-free rules)")
                 return None
@@ -432,3 +450,21 @@ def test_a_misspelt_builder_config_attribute_fails_the_fake_build(model_dir, mon
                                              "'builder_optimisation_level'"):
         build_engine(model_dir / "model.onnx", "fp32", BuildOptions(optimization_level=4, timing_cache=False),
                      trt=fake_trt("10.3.0"), gpu=GPU)
+
+
+# -- TensorRT's environment: CUDA that cannot start, one logger per process ------------------------
+
+def test_one_logger_per_process(model_dir):
+    """Issue 19: TensorRT keeps one global logger pointer, so a second build's errors land in the
+    first build's logger; with one process-wide logger the second build still reports its own error."""
+    from stpm_edge.tensorrt.api import make_logger
+
+    trt = fake_trt("10.3.0")
+    assert make_logger(trt) is make_logger(trt) and make_logger(trt) is not make_logger(fake_trt("10.3.0"))
+    build_engine(model_dir / "model.onnx", "fp32", BuildOptions(), trt=trt, gpu=GPU)
+    trt._fail["build"] = True
+    with pytest.raises(StpmError, match=r"could not build model.fp32.engine \(Error Code 4: Internal Error"):
+        build_engine(model_dir / "model.onnx", "fp32", BuildOptions(), trt=trt, gpu=GPU)
+    trt._fail.update(build=False, silent=True)  # a later failure does not report the earlier error
+    with pytest.raises(StpmError, match=r"could not build model.fp32.engine \(see the TensorRT log\)"):
+        build_engine(model_dir / "model.onnx", "fp32", BuildOptions(), trt=trt, gpu=GPU)

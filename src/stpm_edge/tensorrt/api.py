@@ -10,7 +10,9 @@ needs an explicit ``trt.ILogger.__init__(self)``).
 """
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 from typing import Any
 
 from stpm_edge.errors import StpmError, first_line
@@ -47,26 +49,61 @@ def enum_name(value: Any) -> str:
     return str(getattr(value, "name", None) or str(value).rsplit(".", 1)[-1])
 
 
-def make_logger(trt: Any, verbose: bool = False) -> Any:
-    """A ``trt.ILogger`` forwarding to :mod:`logging` that keeps the errors for one-line messages."""
+# TensorRT keeps one global logger pointer: a Builder/Runtime created with another logger while
+# one exists logs into the first ("TensorRT maintains only a single logger pointer at any given
+# time", NVIDIA/TensorRT#1475). So there is one logger per process (per tensorrt module object),
+# and each operation reads the errors logged since its own mark().
+_LOGGERS: dict[int, tuple[Any, Any]] = {}
+_LOCK = threading.Lock()
+MAX_KEPT_ERRORS = 200
 
+
+def make_logger(trt: Any, verbose: bool = False) -> Any:
+    """The process-wide ``trt.ILogger`` (one per ``tensorrt`` module), forwarding to :mod:`logging`.
+
+    It keeps the last errors so that failures read as one line: take ``mark = log.mark()``
+    before an operation and report ``log.last_error(mark)``. ``verbose`` only ever turns
+    TensorRT's INFO/VERBOSE messages on.
+    """
+    with _LOCK:
+        entry = _LOGGERS.get(id(trt))
+        if entry is None or entry[0] is not trt:
+            entry = (trt, _new_logger(trt))
+            _LOGGERS[id(trt)] = entry
+    log = entry[1]
+    log.verbose = log.verbose or bool(verbose)
+    return log
+
+
+def _new_logger(trt: Any) -> Any:
     class _Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)  # pybind trampoline: the base must be initialised explicitly
-            self.errors: list[str] = []
+            self.verbose = False
+            self.count = 0  # errors logged so far (the kept ones are the last MAX_KEPT_ERRORS)
+            self.errors: collections.deque[str] = collections.deque(maxlen=MAX_KEPT_ERRORS)
 
         def log(self, severity: Any, msg: str) -> None:  # called from C++: must not raise
             sev = enum_name(severity)
             if sev in ("INTERNAL_ERROR", "ERROR"):
                 self.errors.append(" ".join(str(msg).split()))
+                self.count += 1
                 logger.error("TensorRT: %s", msg)
             elif sev == "WARNING":
                 logger.warning("TensorRT: %s", msg)
-            elif verbose:
+            elif self.verbose:
                 logger.debug("TensorRT: %s", msg)
 
-        def last_error(self) -> str:
-            return self.errors[-1][:300] if self.errors else "see the TensorRT log"
+        def mark(self) -> int:
+            return self.count
+
+        def errors_since(self, mark: int) -> list[str]:
+            n = min(self.count - mark, len(self.errors))
+            return list(self.errors)[-n:] if n > 0 else []
+
+        def last_error(self, since: int | None = None) -> str:
+            errs = list(self.errors) if since is None else self.errors_since(since)
+            return errs[-1][:300] if errs else "see the TensorRT log"
 
     return _Logger()
 

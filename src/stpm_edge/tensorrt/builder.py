@@ -124,7 +124,8 @@ def build_engine(onnx_path: Path, precision: str = "fp32", options: BuildOptions
                 plan.onnx_path.name, "strongly typed" if plan.strongly_typed else "weakly typed",
                 ", flags " + "+".join(plan.builder_flags) if plan.builder_flags else "")
 
-    log = make_logger(trt, options.verbose)
+    log = make_logger(trt, options.verbose)  # the process-wide logger (TensorRT keeps only one)
+    mark = log.mark()
     builder = trt.Builder(log)
     built = configure(trt, builder, log, caps, plan, options, spec, engine_path, gpu)
     calibrator = attach_calibrator(trt, built, plan, options, spec, metadata, gpu, version)
@@ -140,7 +141,7 @@ def build_engine(onnx_path: Path, precision: str = "fp32", options: BuildOptions
         err = calibrator.error
         raise StpmError(f"INT8 calibration failed: {err}") if not isinstance(err, StpmError) else err
     if serialized is None:
-        raise StpmError(f"TensorRT {version} could not build {engine_path.name} ({log.last_error()})")
+        raise StpmError(f"TensorRT {version} could not build {engine_path.name} ({log.last_error(mark)})")
     data = bytes(serialized)
 
     save_timing_cache(built)

@@ -132,14 +132,14 @@ def attach_calibrator(trt: Any, built: Configured, plan: BuildPlan, options: Bui
     from stpm_edge.calibration.reader import CalibrationFrames  # noqa: PLC0415
     from stpm_edge.tensorrt.cuda import load_cuda  # noqa: PLC0415
 
-    reuse = check_cache(plan.calib_cache, version, options.calib_method, options.calib_dir is not None)  # type: ignore[arg-type]
+    assert plan.calib_cache is not None and plan.calibrator_class is not None  # plan_build sets both
+    reuse = check_cache(plan.calib_cache, version, options.calib_method, options.calib_dir is not None)
     batch = spec.batch or options.calib_batch
     frames = (CalibrationFrames(Path(options.calib_dir), spec, metadata, count=options.calib_count,
                                 seed=options.calib_seed, batch_size=batch)
               if options.calib_dir is not None else None)
     cuda = load_cuda(gpu.index)
-    calibrator = make_calibrator(trt, plan.calibrator_class, frames, plan.calib_cache, cuda,  # type: ignore[arg-type]
-                                 read_cache=reuse)
+    calibrator = make_calibrator(trt, plan.calibrator_class, frames, plan.calib_cache, cuda, read_cache=reuse)
     built.config.int8_calibrator = calibrator
     if plan.calib_profile is not None:
         built.config.set_calibration_profile(make_profile(built.builder, spec.name, plan.calib_profile))

@@ -54,6 +54,7 @@ def flag_bits(enum: Any, names: tuple[str, ...]) -> int:
 
 
 def parse_onnx(trt: Any, network: Any, path: Path, log: Any, version: str) -> Any:
+    mark = log.mark()
     parser = trt.OnnxParser(network, log)
     if hasattr(parser, "parse_from_file"):
         ok = parser.parse_from_file(str(path))
@@ -61,7 +62,7 @@ def parse_onnx(trt: Any, network: Any, path: Path, log: Any, version: str) -> An
         ok = parser.parse(path.read_bytes())
     if not ok:
         errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        detail = " ".join(errs[0].split()) if errs else log.last_error()
+        detail = " ".join(errs[0].split()) if errs else log.last_error(mark)
         raise StpmError(f"{path}: TensorRT {version} could not parse the graph ({detail[:300]})")
     return parser
 
@@ -123,6 +124,7 @@ def configure(trt: Any, builder: Any, log: Any, caps: TrtCaps, plan: BuildPlan, 
               spec: InputSpec, engine_path: Path, gpu: GpuInfo) -> Configured:
     """Network + parsed graph + builder config for ``plan`` (one-line StpmError on failure)."""
     version = str(caps.version)
+    mark = log.mark()
     network = builder.create_network(flag_bits(getattr(trt, "NetworkDefinitionCreationFlag", None),
                                                plan.network_flags))
     parser = parse_onnx(trt, network, plan.onnx_path, log, version)
@@ -147,7 +149,7 @@ def configure(trt: Any, builder: Any, log: Any, caps: TrtCaps, plan: BuildPlan, 
             logger.warning("no trunk layers found by name (%s...): the %s build runs every layer in FP32",
                            "/trunks/", plan.precision)
     if plan.profile is not None and config.add_optimization_profile(make_profile(builder, spec.name, plan.profile)) < 0:
-        raise StpmError(f"TensorRT rejected the batch profile {plan.profile.to_dict()} ({log.last_error()})")
+        raise StpmError(f"TensorRT rejected the batch profile {plan.profile.to_dict()} ({log.last_error(mark)})")
     if plan.dla_core is not None:
         cores = int(getattr(builder, "num_DLA_cores", 0) or 0)
         if plan.dla_core >= cores:

@@ -131,7 +131,8 @@ class TensorRTBackend(Backend):
         if want_sha and hashlib.sha256(data).hexdigest() != want_sha:
             raise StpmError(f"{self.path}: the engine does not match its sidecar (sha256 differs); "
                             f"{rebuild_hint(self.metadata)}")
-        self._log = make_logger(trt, verbose)
+        self._log = make_logger(trt, verbose)  # the process-wide logger (TensorRT keeps only one)
+        self._mark = self._log.mark()  # errors after this belong to the current operation
         self._graphs: dict[int, Any] = {}
         self._buffers: list[tuple[str, Any]] = []
         self._stream: Any = None
@@ -158,13 +159,17 @@ class TensorRTBackend(Backend):
         self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise StpmError(f"{self.path}: TensorRT {self.trt_version} could not load the engine "
-                            f"({self._log.last_error()}); {rebuild_hint(self.metadata)}")
+                            f"({self._last_error()}); {rebuild_hint(self.metadata)}")
         tensors = _tensors(trt, self._engine)
         check_engine_io(tensors, self.input_spec, self.path)
         self._context = self._engine.create_execution_context()
         if self._context is None:
-            raise StpmError(f"{self.path}: could not create an execution context ({self._log.last_error()})")
+            raise StpmError(f"{self.path}: could not create an execution context ({self._last_error()})")
         self._setup(trt, tensors)
+
+    def _last_error(self) -> str:
+        """TensorRT's last error since the current operation began (the logger is shared)."""
+        return self._log.last_error(self._mark)
 
     def _profile_max(self, trt: Any) -> tuple[int, ...] | None:
         name = self.input_spec.name
@@ -199,7 +204,7 @@ class TensorRTBackend(Backend):
     def _set_batch(self, n: int) -> None:
         if self.input_spec.batch is None and n != self._shape_n:
             if not self._context.set_input_shape(self.input_spec.name, tuple(self.input_spec.shape(n))):
-                raise StpmError(f"{self.path}: batch {n} is outside the engine's profile ({self._log.last_error()})")
+                raise StpmError(f"{self.path}: batch {n} is outside the engine's profile ({self._last_error()})")
             self._shape_n = n
 
     def _enqueue(self, n: int) -> None:
@@ -214,13 +219,13 @@ class TensorRTBackend(Backend):
                 self._cuda.graph_launch(graph, self._stream)
                 return
         if not self._context.execute_async_v3(handle):
-            raise StpmError(f"{self.path}: TensorRT inference failed ({self._log.last_error()})")
+            raise StpmError(f"{self.path}: TensorRT inference failed ({self._last_error()})")
 
     def _capture(self, handle: int) -> Any:
         """Run once (TensorRT finishes deferred work), then capture one enqueue; None on failure."""
         try:
             if not self._context.execute_async_v3(handle):
-                raise StpmError(self._log.last_error())
+                raise StpmError(self._last_error())
             self._cuda.synchronize(self._stream)
             self._cuda.capture_begin(self._stream)
             try:
@@ -229,7 +234,7 @@ class TensorRTBackend(Backend):
                 graph = self._cuda.capture_end(self._stream)
             if not ok:
                 self._cuda.graph_destroy(graph)
-                raise StpmError(self._log.last_error())
+                raise StpmError(self._last_error())
             return graph
         except StpmError as e:
             logger.warning("%s: CUDA graph capture failed (%s); running without graphs", self.path, e)
@@ -240,6 +245,7 @@ class TensorRTBackend(Backend):
         n = int(frames.shape[0])
         name = self.input_spec.name
         cuda, stream = self._cuda, self._stream
+        self._mark = self._log.mark()
         with cuda.activate():
             self._set_batch(n)
             host_in = self._host[name][:n]
