@@ -325,6 +325,19 @@ def test_auto_selection_opens_the_engine_when_tensorrt_fits(setup, monkeypatch, 
     assert amap.shape == (2, 1, 8, 8)
 
 
+@pytest.mark.parametrize("how", ["raise", "errors"])
+def test_runtime_that_cannot_start_cuda_is_one_line(setup, how):
+    """Issue 19: trt.Runtime raises (nullptr) or, like the lean runtime, returns an object after two
+    errors and would crash on the next call: refused in one line, before deserialization."""
+    device, make = setup
+    eng, trt = make(no_cuda=how)
+    with pytest.raises(StpmError) as e:
+        TensorRTBackend(eng)
+    assert str(e.value).startswith("TensorRT 10.3.0 could not start (trt.Runtime: createInferRuntime: Error Code 6")
+    assert not any(c[0] == "deserialize_cuda_engine" for c in trt.calls)
+    assert device.mem == {} and device.streams == 0
+
+
 def test_backends_share_one_logger_and_report_their_own_errors(setup):
     """Issue 19: several engines open (stpm-eval --compare): TensorRT logs into the first logger;
     with one process-wide logger the failing backend still reports its error."""

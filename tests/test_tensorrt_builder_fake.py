@@ -454,6 +454,20 @@ def test_a_misspelt_builder_config_attribute_fails_the_fake_build(model_dir, mon
 
 # -- TensorRT's environment: CUDA that cannot start, one logger per process ------------------------
 
+@pytest.mark.parametrize("how", ["raise", "errors"])
+def test_tensorrt_that_cannot_start_cuda_is_one_line(model_dir, how):
+    """Issue 19: Builder() fails (pybind TypeError) or, like the lean runtime, returns an object after
+    logging errors; either is the project's one-line error with TensorRT's reason, before any work."""
+    trt = fake_trt("11.4.0.106", no_cuda=how)
+    with pytest.raises(StpmError) as e:
+        build_engine(model_dir / "model.onnx", "fp32", BuildOptions(), trt=trt, gpu=GPU)
+    msg = str(e.value)
+    assert msg.startswith("TensorRT 11.4.0.106 could not start (trt.Builder: createInferBuilder: Error Code 6: "
+                          "API Usage Error (CUDA initialization failure with error: 35. Please check")
+    assert "tensorrt-cu12" in msg and "\n" not in msg
+    assert not any(c[0] == "create_network" for c in trt.calls)
+
+
 def test_one_logger_per_process(model_dir):
     """Issue 19: TensorRT keeps one global logger pointer, so a second build's errors land in the
     first build's logger; with one process-wide logger the second build still reports its own error."""

@@ -56,6 +56,8 @@ def enum_name(value: Any) -> str:
 _LOGGERS: dict[int, tuple[Any, Any]] = {}
 _LOCK = threading.Lock()
 MAX_KEPT_ERRORS = 200
+CUDA_HINT = ("check that the NVIDIA driver supports this TensorRT's CUDA (pip install tensorrt now gives "
+             "TensorRT for CUDA 13; with a CUDA 12 driver install tensorrt-cu12)")
 
 
 def make_logger(trt: Any, verbose: bool = False) -> Any:
@@ -106,6 +108,29 @@ def _new_logger(trt: Any) -> Any:
             return errs[-1][:300] if errs else "see the TensorRT log"
 
     return _Logger()
+
+
+def start(trt: Any, factory: str, log: Any) -> Any:
+    """``trt.Builder(log)`` / ``trt.Runtime(log)``, or a one-line StpmError when TensorRT cannot start.
+
+    Where CUDA cannot start (no driver, or a driver too old for this TensorRT's CUDA) the
+    factory logs errors and then raises ``TypeError: ... factory function returned nullptr``,
+    or (the lean runtime) returns an object that crashes on its next call: both end here, with
+    TensorRT's first error as the reason.
+    """
+    mark = log.mark()
+    try:
+        obj = getattr(trt, factory)(log)
+    except Exception as e:  # noqa: BLE001 - pybind's TypeError, or whatever the factory raises
+        obj, failure = None, first_line(e)
+    else:
+        failure = "" if obj is not None else "it returned None"
+    errors = log.errors_since(mark)
+    if obj is None or errors:
+        detail = errors[0][:300] if errors else failure
+        raise StpmError(f"TensorRT {getattr(trt, '__version__', '?')} could not start (trt.{factory}: {detail}); "
+                        f"{CUDA_HINT}")
+    return obj
 
 
 def _members(enum: Any) -> frozenset[str]:

@@ -28,7 +28,7 @@ from typing import Any, Union
 
 from stpm_edge.errors import StpmError, first_line
 from stpm_edge.runtime.backends.base import InputSpec, parse_metadata
-from stpm_edge.tensorrt.api import caps_from_module, import_tensorrt, make_logger
+from stpm_edge.tensorrt.api import caps_from_module, import_tensorrt, make_logger, start
 from stpm_edge.tensorrt.artifacts import engine_sidecar, save_timing_cache, write_engine
 from stpm_edge.tensorrt.calibrator import attach_calibrator
 from stpm_edge.tensorrt.config import configure
@@ -126,7 +126,7 @@ def build_engine(onnx_path: Path, precision: str = "fp32", options: BuildOptions
 
     log = make_logger(trt, options.verbose)  # the process-wide logger (TensorRT keeps only one)
     mark = log.mark()
-    builder = trt.Builder(log)
+    builder = start(trt, "Builder", log)
     built = configure(trt, builder, log, caps, plan, options, spec, engine_path, gpu)
     calibrator = attach_calibrator(trt, built, plan, options, spec, metadata, gpu, version)
     try:

@@ -34,7 +34,7 @@ import numpy as np
 
 from stpm_edge.errors import StpmError
 from stpm_edge.runtime.backends.base import ANOMALY_MAP, OUTPUT_NAMES, Backend, InputSpec
-from stpm_edge.tensorrt.api import enum_name, import_tensorrt, make_logger
+from stpm_edge.tensorrt.api import enum_name, import_tensorrt, make_logger, start
 from stpm_edge.tensorrt.engine_meta import (ENGINE_SUFFIX, check_compat, read_sidecar, rebuild_hint)
 
 logger = logging.getLogger("stpm_edge.runtime.backends.tensorrt")  # the name the apps quiet
@@ -152,7 +152,7 @@ class TensorRTBackend(Backend):
                     self.metadata.get("precision", "fp32"), self._max_batch, self._cuda.name)
 
     def _load(self, trt: Any, data: bytes) -> None:
-        self._runtime = trt.Runtime(self._log)
+        self._runtime = start(trt, "Runtime", self._log)
         dla = self.metadata["engine"].get("dla_core")
         if dla is not None:
             self._runtime.DLA_core = int(dla)
