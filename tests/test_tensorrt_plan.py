@@ -258,6 +258,21 @@ def test_dla_refuses_dynamic_batch(tmp_path, release):
     assert plan.dla_core == 0 and plan.profile is None and plan.builder_flags[-1] == "GPU_FALLBACK"
 
 
+@pytest.mark.parametrize("release", ["8.5", "8.6", "10.3"])
+def test_dla_with_the_classic_calibrator_needs_the_entropy_calibrator(tmp_path, release):
+    """Issue 19: IInt8EntropyCalibrator2 is "the required calibrator for DLA"; the default is MinMax."""
+    f = files(tmp_path, "fp32")
+    with pytest.raises(StpmError, match=r"DLA requires TensorRT's entropy calibrator \(IInt8EntropyCalibrator2\), "
+                                        r"not IInt8MinMaxCalibrator: pass --calib-method entropy"):
+        plan_build(CAPS[release], "int8", BuildOptions(dla_core=0, int8_mode="calibrator", calib_dir=tmp_path),
+                   FIXED, f)
+    plan = plan_build(CAPS[release], "int8", BuildOptions(dla_core=0, int8_mode="calibrator", calib_dir=tmp_path,
+                                                          calib_method="entropy"), FIXED, f)
+    assert plan.calibrator_class == "IInt8EntropyCalibrator2" and plan.dla_core == 0
+    plan = plan_build(CAPS[release], "int8", BuildOptions(int8_mode="calibrator", calib_dir=tmp_path), FIXED, f)
+    assert plan.calibrator_class == "IInt8MinMaxCalibrator"  # the GPU takes either
+
+
 def test_optimization_level_and_workspace(tmp_path):
     plan = plan_build(CAPS["8.6"], "fp32", BuildOptions(optimization_level=5, workspace_mib=256), FIXED,
                       files(tmp_path, "fp32"))

@@ -31,8 +31,9 @@ The paths per TensorRT release (and the documentation each follows):
   gone and ``STRONGLY_TYPED`` is "[DEPRECATED] ... Strongly typed mode is always enabled ...
   ignored" (11.0 Python API, Builder page). So no network flags, no precision flags:
   ``model.fp16.onnx`` / ``model.int8.onnx`` are required, the calibrator is a clear error.
-* **DLA** (any release): FP16/INT8 only, GPU fallback on by default, and a fixed batch only
-  ("DLA does not support dynamic dimensions", DLA Supported Layers and Restrictions).
+* **DLA** (any release): FP16/INT8 only, GPU fallback on by default, a fixed batch only
+  ("DLA does not support dynamic dimensions", DLA Supported Layers and Restrictions), and the
+  classic calibrator only as ``IInt8EntropyCalibrator2`` ("the required calibrator for DLA").
 
 Sources: docs.nvidia.com/deeplearning/tensorrt ``api/python_api/infer/Core/Builder.html``
 (8.2.5, 8.4.3, 10.x, 11.0.0 archives), ``.../Core/BuilderConfig.html``, ``api/migration/
@@ -338,6 +339,11 @@ def plan_build(caps: TrtCaps, precision: str, options: BuildOptions, spec: Input
             # as the dimensions used for building" (DLA Supported Layers and Restrictions).
             raise StpmError("DLA needs a fixed batch (it supports no dynamic dimensions); export the model "
                             "without --dynamic-batch to use --dla-core")
+        if int8_method == "calibrator" and calibrator != CALIBRATOR_CLASSES["entropy"]:
+            # "IInt8EntropyCalibrator2 ... This is the required calibrator for DLA, as it supports
+            # per activation tensor scaling" (NvInfer.h, 8.4-10.x C++ API reference).
+            raise StpmError(f"DLA requires TensorRT's entropy calibrator (IInt8EntropyCalibrator2), not {calibrator}: "
+                            f"pass --calib-method entropy, or build from the Q/DQ model.int8.onnx")
         if options.gpu_fallback:
             if "GPU_FALLBACK" not in caps.builder_flags:
                 raise StpmError(f"TensorRT {v} has no GPU fallback for DLA")
