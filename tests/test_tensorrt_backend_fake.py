@@ -338,6 +338,15 @@ def test_runtime_that_cannot_start_cuda_is_one_line(setup, how):
     assert device.mem == {} and device.streams == 0
 
 
+def test_a_refused_tensor_address_is_an_error(setup):
+    """Issue 19: set_tensor_address returns False (e.g. a misaligned buffer); checked, memory freed."""
+    device, make = setup
+    eng, trt = make(address_ok=False)
+    with pytest.raises(StpmError, match=r"model.fp32.engine: TensorRT refused the device buffer of 'frames'"):
+        TensorRTBackend(eng)
+    assert device.mem == {} and device.pinned == 0 and device.streams == 0
+
+
 def test_backends_share_one_logger_and_report_their_own_errors(setup):
     """Issue 19: several engines open (stpm-eval --compare): TensorRT logs into the first logger;
     with one process-wide logger the failing backend still reports its error."""

@@ -482,3 +482,16 @@ def test_one_logger_per_process(model_dir):
     trt._fail.update(build=False, silent=True)  # a later failure does not report the earlier error
     with pytest.raises(StpmError, match=r"could not build model.fp32.engine \(see the TensorRT log\)"):
         build_engine(model_dir / "model.onnx", "fp32", BuildOptions(), trt=trt, gpu=GPU)
+
+
+def test_a_rejected_calibration_profile_is_an_error(model_dir, monkeypatch):
+    """Issue 19: set_calibration_profile returns False when TensorRT rejects the profile; checked."""
+    from stpm_edge.tensorrt.calibration_cache import CalibrationCache, write_cache
+
+    write_cache(model_dir / "calib.cache", CalibrationCache("TRT-8601-MinMaxCalibration", {"frames": 0.0078}))
+    monkeypatch.setattr("stpm_edge.tensorrt.cuda.load_cuda", lambda device=0: FakeCuda())
+    trt = fake_trt("8.6.1.6", set_profile_ok=False)
+    with pytest.raises(StpmError, match=r"TensorRT 8.6.1.6 rejected the calibration profile \{'min': \[8, 8, 8, 3\]"):
+        build_engine(model_dir / "model.onnx", "int8", BuildOptions(int8_mode="calibrator"), trt=trt, gpu=GPU)
+    assert ("set_calibration_profile", ("frames", (8, 8, 8, 3), (8, 8, 8, 3), (8, 8, 8, 3))) in trt.calls
+    assert not any(c[0] == "build_serialized_network" for c in trt.calls)

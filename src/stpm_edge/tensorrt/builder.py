@@ -128,7 +128,7 @@ def build_engine(onnx_path: Path, precision: str = "fp32", options: BuildOptions
     mark = log.mark()
     builder = start(trt, "Builder", log)
     built = configure(trt, builder, log, caps, plan, options, spec, engine_path, gpu)
-    calibrator = attach_calibrator(trt, built, plan, options, spec, metadata, gpu, version)
+    calibrator = attach_calibrator(trt, built, log, plan, options, spec, metadata, gpu, version)
     try:
         serialized = builder.build_serialized_network(built.network, built.config)
     except Exception as e:  # noqa: BLE001 - some releases raise instead of returning None

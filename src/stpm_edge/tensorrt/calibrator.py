@@ -124,8 +124,8 @@ def check_cache(cache_path: Path, trt_version: str, method: str, have_images: bo
                    f"release or calibrator); pass --calib-dir with good images to calibrate again")
 
 
-def attach_calibrator(trt: Any, built: Configured, plan: BuildPlan, options: BuildOptions, spec: InputSpec,
-                      metadata: dict, gpu: GpuInfo, version: str) -> Any:
+def attach_calibrator(trt: Any, built: Configured, log: Any, plan: BuildPlan, options: BuildOptions,
+                      spec: InputSpec, metadata: dict, gpu: GpuInfo, version: str) -> Any:
     """Set ``config.int8_calibrator`` (and the calibration profile) when the plan calibrates; None otherwise."""
     if plan.int8_method != "calibrator":
         return None
@@ -142,5 +142,10 @@ def attach_calibrator(trt: Any, built: Configured, plan: BuildPlan, options: Bui
     calibrator = make_calibrator(trt, plan.calibrator_class, frames, plan.calib_cache, cuda, read_cache=reuse)
     built.config.int8_calibrator = calibrator
     if plan.calib_profile is not None:
-        built.config.set_calibration_profile(make_profile(built.builder, spec.name, plan.calib_profile))
+        mark = log.mark()
+        # "returns: True if the calibration profile was set correctly" (IBuilderConfig, 8.6-10.x)
+        if not built.config.set_calibration_profile(make_profile(built.builder, spec.name, plan.calib_profile)):
+            calibrator.release()
+            raise StpmError(f"TensorRT {version} rejected the calibration profile {plan.calib_profile.to_dict()} "
+                            f"({log.last_error(mark)})")
     return calibrator

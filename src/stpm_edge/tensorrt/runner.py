@@ -196,7 +196,9 @@ class TensorRTBackend(Backend):
             self._buffers.append(("host", self._host[t.name]))
             self._dev[t.name] = self._cuda.malloc(self._host[t.name].nbytes)
             self._buffers.append(("dev", self._dev[t.name]))
-            self._context.set_tensor_address(t.name, self._dev[t.name])
+            if not self._context.set_tensor_address(t.name, self._dev[t.name]):  # returns bool (8.5-11)
+                raise StpmError(f"{self.path}: TensorRT refused the device buffer of {t.name!r} "
+                                f"({self._last_error()})")
         self._shape_n = self._max_batch if dynamic else spec.batch
 
     # -- one run ---------------------------------------------------------------------------
