@@ -34,12 +34,28 @@ DYN = InputSpec("frames", "uint8", "NHWC", "BGR", None, 8, 8)
     ("model.int8.onnx", "model", "int8", "model.int8.engine"),
     ("model.int8.engine", "model", "int8", "model.int8.engine"),
     ("cam.v2.onnx", "cam.v2", "fp32", "cam.v2.fp32.engine"),
-    ("model.int8.cpu.onnx", "model.int8.cpu", "fp32", "model.int8.cpu.fp32.engine"),  # ORT-only form
 ])
 def test_model_names(name, base, precision, engine):
     b, p = split_model_name(Path("d") / name)
     assert (b, p) == (Path("d") / base, precision)
     assert engine_path_for(Path("d") / name) == Path("d") / engine
+
+
+def test_the_cpu_int8_form_is_never_an_engine_source(tmp_path):
+    """Issue 19: model.int8.cpu.onnx (stpm-calibrate --int8-forms cpu) mapped to the engine name
+    model.int8.cpu.fp32.engine and built as FP32; it is refused, and auto runs it on ONNX Runtime."""
+    from stpm_edge.tensorrt.builder import build_engine
+
+    cpu = write_onnx(tmp_path / "model.int8.cpu.onnx", precision="int8")
+    with pytest.raises(StpmError, match=r"^model.int8.cpu.onnx is ONNX Runtime's CPU form of the INT8 model .*"
+                                        r"TensorRT's INT8 source is model.int8.onnx$"):
+        engine_path_for(Path("model.int8.cpu.onnx"))
+    with pytest.raises(StpmError, match="CPU form of the INT8 model"):
+        build_engine(cpu, "fp32", trt=object(), gpu=ORIN)  # refused before TensorRT is touched
+    with pytest.raises(StpmError, match="cannot run on TensorRT: model.int8.cpu.onnx is ONNX Runtime's CPU form"):
+        open_backend(cpu, "tensorrt")
+    with open_backend(cpu, "auto") as backend:
+        assert backend.name == "onnxruntime"
 
 
 def test_variant_and_sidecar_names():

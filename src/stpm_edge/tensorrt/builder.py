@@ -32,7 +32,8 @@ from stpm_edge.tensorrt.api import caps_from_module, import_tensorrt, make_logge
 from stpm_edge.tensorrt.artifacts import engine_sidecar, save_timing_cache, write_engine
 from stpm_edge.tensorrt.calibrator import attach_calibrator
 from stpm_edge.tensorrt.config import configure
-from stpm_edge.tensorrt.engine_meta import PRECISIONS, GpuInfo, engine_path_for, onnx_path_for, split_model_name
+from stpm_edge.tensorrt.engine_meta import (PRECISIONS, GpuInfo, engine_path_for, is_cpu_form, no_engine_reason,
+                                            onnx_path_for, split_model_name)
 from stpm_edge.tensorrt.plan import BuildOptions, BuildPlan, plan_build
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ def build_engine(onnx_path: Path, precision: str = "fp32", options: BuildOptions
     ``trt``/``gpu`` default to the imported module and CUDA device 0. One-line StpmError on failure.
     """
     t0 = time.perf_counter()
+    if is_cpu_form(Path(onnx_path)):
+        raise StpmError(no_engine_reason(Path(onnx_path)))
     trt = trt if trt is not None else import_tensorrt()
     gpu = gpu if gpu is not None else _gpu(0)
     onnx_path = Path(onnx_path)

@@ -25,8 +25,8 @@ from typing import Any
 
 from stpm_edge.errors import StpmError
 from stpm_edge.runtime.backends.base import Backend
-from stpm_edge.tensorrt.engine_meta import (ENGINE_SUFFIX, PRECISIONS, GpuInfo, check_compat,
-                                            engine_path_for, read_sidecar, split_model_name)
+from stpm_edge.tensorrt.engine_meta import (ENGINE_SUFFIX, PRECISIONS, GpuInfo, check_compat, engine_path_for,
+                                            is_cpu_form, no_engine_reason, read_sidecar, split_model_name)
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class BackendChoice:
 def _engine_problem(candidate: EngineCandidate | None, env: TrtEnv | None, onnx_path: Path) -> str:
     """Why the engine cannot run here ('' when it can)."""
     if candidate is None:
-        return f"no TensorRT engine {engine_path_for(onnx_path).name} beside {onnx_path.name}"
+        return no_engine_reason(onnx_path)
     if candidate.sidecar is None:
         return candidate.error or f"{candidate.path.name}: unreadable sidecar"
     if env is None or not env.usable:
@@ -126,6 +126,8 @@ def _sha256(path: Path) -> str:
 def find_engine(onnx_path: Path) -> EngineCandidate | None:
     """The same-precision engine beside ``onnx_path`` with its sidecar and freshness, or None."""
     onnx_path = Path(onnx_path)
+    if is_cpu_form(onnx_path):
+        return None  # ONNX Runtime's INT8 form has no engine
     engine = engine_path_for(onnx_path)
     if not engine.is_file():
         base, own = split_model_name(onnx_path)
