@@ -68,7 +68,7 @@ def outcome(fn: Callable[[], Any]) -> dict:
         msg = str(e)
         return {"raised": type(e).__name__, "message": msg, "one_line": "\n" not in msg.strip(),
                 "traceback": traceback.format_exc()[-1500:]}
-    return {"raised": None, "value": repr(value)[:300]}
+    return {"raised": None, "value": value}
 
 
 def _plan_summary(fn: Callable[[], Any]) -> dict:
@@ -143,7 +143,7 @@ def trt_checks(release: str, work: Path) -> dict:
     caps = api.caps_from_module(trt)
     res["caps"] = {k: (sorted(v) if isinstance(v, frozenset) else str(v) if k == "version" else v)
                    for k, v in caps.__dict__.items()}
-    res["import_tensorrt"] = outcome(lambda: api.import_tensorrt().__version__)
+    res["import_tensorrt"] = outcome(lambda: str(api.import_tensorrt().__version__))
 
     # (c) our subclasses on the real base classes
     log = api.make_logger(trt)
@@ -194,7 +194,12 @@ def cuda_checks(release: str) -> dict:
                     "memcpy_kinds": all(hasattr(getattr(rt, "cudaMemcpyKind", None), k)
                                         for k in ("cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost"))}
     res["load_cuda"] = outcome(lambda: cuda_mod.load_cuda(0).name)
-    res["probe_gpu"] = outcome(lambda: cuda_mod.probe_gpu(0))
+
+    def probe() -> dict:
+        gpu, why = cuda_mod.probe_gpu(0)
+        return {"gpu": gpu.to_dict() if gpu is not None else None, "why": why}
+
+    res["probe_gpu"] = outcome(probe)
     res["native_handle_getter"] = cuda_mod._native_handle_getter() is not None
     return res
 
