@@ -19,7 +19,7 @@ one call), FP32 + FP16 + INT8 in both forms (``model.int8.onnx`` for TensorRT,
 
 Every step is the real CLI in a subprocess (what a user types), printed as it runs and
 recorded in the markdown with its wall time. Where TensorRT and a GPU are present, engines
-are built beside the ONNX files (``stpm_edge.export.tensorrt.maybe_build_engine``) so that
+are built beside the ONNX files (``stpm_edge.tensorrt.builder.maybe_build_engine``) so that
 ``stpm-bench`` times them; elsewhere the table lists TensorRT as not run, with the reason.
 Run it on a quiet machine: ``stpm-bench`` records the load average before and after and
 warns when the machine was busy.
@@ -123,7 +123,7 @@ def export(steps: Steps, ckpt: Path, data: Path, quick: bool) -> Path:
 def build_engines(steps: Steps, onnx: Path, max_batch: int) -> None:
     """TensorRT engines beside ``onnx`` where TensorRT and a GPU exist (else nothing: the bench says why)."""
     try:
-        from stpm_edge.export.tensorrt import BuildOptions, maybe_build_engine  # noqa: PLC0415
+        from stpm_edge.tensorrt.builder import BuildOptions, maybe_build_engine  # noqa: PLC0415
     except Exception as e:  # noqa: BLE001
         print(f"# TensorRT engines not built: {e}", file=sys.stderr)
         return

@@ -42,8 +42,8 @@ class Check:
 
 
 def environment() -> dict:
-    from stpm_edge.runtime.backends.cuda import load_cuda, probe_gpu
-    from stpm_edge.runtime.backends.tensorrt import import_tensorrt
+    from stpm_edge.tensorrt.cuda import load_cuda, probe_gpu
+    from stpm_edge.tensorrt.api import import_tensorrt
 
     env = {"python": platform.python_version(), "machine": platform.machine()}
     try:
@@ -93,10 +93,11 @@ def run(args) -> tuple[dict, list[Check]]:
     from stpm_edge.eval.evaluate import load_test
     from stpm_edge.models.deploy import ExportConfig
     from stpm_edge.export.onnx_export import export_onnx
-    from stpm_edge.export.tensorrt import BuildOptions, build_engine, caps_from_module
+    from stpm_edge.tensorrt.builder import BuildOptions, build_engine, caps_from_module
     from stpm_edge.export.variants import write_fp16, write_int8
     from stpm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from stpm_edge.runtime.backends.tensorrt import TensorRTBackend, import_tensorrt
+    from stpm_edge.tensorrt.api import import_tensorrt
+    from stpm_edge.tensorrt.runner import TensorRTBackend
 
     env = environment()
     print(json.dumps(env, indent=2))

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from stpm_edge.runtime.backends.engine_meta import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, sidecar_path
+from stpm_edge.tensorrt.engine_meta import ENGINE_FORMAT, ENGINE_FORMAT_VERSION, sidecar_path
 
 
 def metadata(batch: int | None = 1, h: int = 8, w: int = 8, precision: str | None = None) -> dict:

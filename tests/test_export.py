@@ -19,7 +19,7 @@ from stpm_edge.models.stpm.fusion import ParallelTrunks, StackedTrunks
 from stpm_edge.models.deploy import ExportConfig
 from stpm_edge.artifact import read_onnx_metadata
 from stpm_edge.export.onnx_export import export_onnx
-from stpm_edge.export.trt_ops import TRT85_SUPPORTED_OPS
+from stpm_edge.tensorrt.onnx_ops import TRT85_SUPPORTED_OPS
 from stpm_edge.models.backbones import create_backbone
 from stpm_edge.models.checkpoint import file_sha256, load_checkpoint
 from stpm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend

@@ -14,8 +14,9 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from stpm_edge.calibration.cache import (CalibrationCache, cache_header, format_cache, hex_to_scale, parse_cache,
-                                         read_cache_bytes, scale_to_hex, trt_version_number, write_cache_bytes)
+from stpm_edge.tensorrt.calibration_cache import (CalibrationCache, cache_header, format_cache, hex_to_scale,
+                                                  parse_cache, read_cache_bytes, scale_to_hex, trt_version_number,
+                                                  write_cache_bytes)
 from stpm_edge.calibration.quantize import QuantizeOptions, check_tensorrt_form, edge_convs
 from stpm_edge.calibration.reader import CalibrationFrames, choose_images
 from stpm_edge.data.io import read_image_bgr, write_image
@@ -28,7 +29,7 @@ TRUNK_SCOPE = "/net/trunks/"  # where STPM's low-precision regions live (models/
 STACKED = TRUNK_SCOPE + "trunk/"  # the region of a stacked export
 from stpm_edge.export.onnx_export import export_onnx
 from stpm_edge.export.precision import precision_of, to_fp16
-from stpm_edge.export.trt_ops import unsupported_ops
+from stpm_edge.tensorrt.onnx_ops import unsupported_ops
 from stpm_edge.export.variants import write_fp16, write_int8
 from stpm_edge.runtime.backends.base import InputSpec
 

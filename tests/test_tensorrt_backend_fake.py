@@ -15,18 +15,14 @@ import types
 
 import numpy as np
 import pytest
+from _trt_api import fake_enum, fake_module, restrict
 from _trt_models import reference, write_engine, write_onnx
 
 from stpm_edge.errors import StpmError
-from stpm_edge.runtime.backends.engine_meta import GpuInfo, sidecar_path
-from stpm_edge.runtime.backends.tensorrt import TensorRTBackend
+from stpm_edge.tensorrt.engine_meta import GpuInfo, sidecar_path
+from stpm_edge.tensorrt.runner import TensorRTBackend
 
 ENGINE_BYTES = b"fake plan"
-
-
-class _Val:
-    def __init__(self, name: str) -> None:
-        self.name = name
 
 
 class FakeDevice:
@@ -100,69 +96,86 @@ class FakeDevice:
         pass
 
 
-def fake_runtime(device: FakeDevice, version="10.3.0", batch=None, max_batch=4, in_dtype="UINT8"):
-    """A ``tensorrt``-shaped module whose engine runs the tiny model on the fake device memory."""
+def fake_runtime(device: FakeDevice, version="10.3.0", batch=None, max_batch=4, in_dtype="UINT8",
+                 address_ok=True, no_cuda=None):
+    """A ``tensorrt``-shaped module whose engine runs the tiny model on the fake device memory.
+
+    Held to the real module of ``version`` (``_trt_api``): only members the real classes have,
+    the real enums. Like TensorRT it logs into the first logger it was given. ``no_cuda``:
+    Runtime() logs CUDA's failure and raises ("raise") or returns anyway ("errors", as the lean
+    runtime does); ``trt._fail["exec"]`` makes execute_async_v3 log an error and return False."""
     calls: list[tuple] = []
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
+    trt = fake_module(version)
     trt.calls = calls
-    trt.TensorIOMode = types.SimpleNamespace(INPUT=_Val("INPUT"), OUTPUT=_Val("OUTPUT"))
+    trt._fail = {"exec": False}
+    global_logger: list = []
+    trt.TensorIOMode = fake_enum(version, "TensorIOMode")
+    trt.DataType = fake_enum(version, "DataType")
 
     class ILogger:
+        Severity = fake_enum(version, "ILogger.Severity")
+
         def __init__(self):
             pass
 
-    trt.ILogger = ILogger
+    trt.ILogger = restrict(ILogger, version, "ILogger")
     b = -1 if batch is None else batch
     shapes = {"frames": (b, 8, 8, 3), "anomaly_map": (b, 1, 8, 8), "score": (b,)}
 
-    class Context:
+    class IExecutionContext:
         def __init__(self):
-            self.n = batch or 1
-            self.addr = {}
+            self._n = batch or 1
+            self._addr = {}
 
         def set_input_shape(self, name, shape):
             calls.append(("set_input_shape", tuple(shape)))
             if not 1 <= shape[0] <= max_batch:
                 return False
-            self.n = shape[0]
+            self._n = shape[0]
             return True
 
         def get_tensor_shape(self, name):
-            return (self.n,) + tuple(shapes[name][1:])
+            return (self._n,) + tuple(shapes[name][1:])
 
         def set_tensor_address(self, name, ptr):
             calls.append(("set_tensor_address", name))
-            self.addr[name] = ptr
+            self._addr[name] = ptr
+            return address_ok
 
         def _compute(self):
-            n = self.n
-            raw = bytes(device.mem[self.addr["frames"]][: n * 8 * 8 * 3])
+            n = self._n
+            raw = bytes(device.mem[self._addr["frames"]][: n * 8 * 8 * 3])
             frames = np.frombuffer(raw, np.uint8).reshape(n, 8, 8, 3)
             amap, score = reference(frames)
-            device.mem[self.addr["anomaly_map"]][: amap.nbytes] = amap.astype(np.float32).tobytes()
-            device.mem[self.addr["score"]][: score.nbytes] = score.astype(np.float32).tobytes()
+            device.mem[self._addr["anomaly_map"]][: amap.nbytes] = amap.astype(np.float32).tobytes()
+            device.mem[self._addr["score"]][: score.nbytes] = score.astype(np.float32).tobytes()
 
         def execute_async_v3(self, stream_handle):
             calls.append(("execute_async_v3", stream_handle, device.capturing is not None))
+            if trt._fail["exec"]:
+                global_logger[0].log(ILogger.Severity.ERROR, "IExecutionContext::enqueueV3: Error Code 1: "
+                                                             "Cuda Runtime (an illegal memory access)")
+                return False
             if device.capturing is not None:
                 device.capturing.append(self._compute)
             else:
                 self._compute()
             return True
 
-    class Engine:
+    restrict(IExecutionContext, version, "IExecutionContext")
+
+    class ICudaEngine:
         num_io_tensors = 3
-        names = ("frames", "anomaly_map", "score")
+        _names = ("frames", "anomaly_map", "score")
 
         def get_tensor_name(self, i):
-            return self.names[i]
+            return self._names[i]
 
         def get_tensor_mode(self, name):
             return trt.TensorIOMode.INPUT if name == "frames" else trt.TensorIOMode.OUTPUT
 
         def get_tensor_dtype(self, name):
-            return _Val(in_dtype if name == "frames" else "FLOAT")
+            return getattr(trt.DataType, in_dtype if name == "frames" else "FLOAT")
 
         def get_tensor_shape(self, name):
             return shapes[name]
@@ -172,28 +185,38 @@ def fake_runtime(device: FakeDevice, version="10.3.0", batch=None, max_batch=4, 
 
         def create_execution_context(self):
             calls.append(("create_execution_context",))
-            return Context()
+            return IExecutionContext()
+
+    restrict(ICudaEngine, version, "ICudaEngine")
 
     class Runtime:
         def __init__(self, logger):
             calls.append(("Runtime",))
+            if not global_logger:
+                global_logger.append(logger)
+            if no_cuda:
+                global_logger[0].log(ILogger.Severity.ERROR, "createInferRuntime: Error Code 6: API Usage Error "
+                                                             "(CUDA initialization failure with error: 35)")
+                global_logger[0].log(ILogger.Severity.ERROR, "Runtime::Runtime: Error Code 1: Cuda Runtime")
+                if no_cuda == "raise":
+                    raise TypeError("pybind11::init(): factory function returned nullptr")
 
         def deserialize_cuda_engine(self, data):
             calls.append(("deserialize_cuda_engine", bytes(data)))
-            return Engine() if bytes(data) == ENGINE_BYTES else None
+            return ICudaEngine() if bytes(data) == ENGINE_BYTES else None
 
-    trt.Runtime = Runtime
+    trt.Runtime = restrict(Runtime, version, "Runtime")
     return trt
 
 
 @pytest.fixture
 def setup(monkeypatch, tmp_path):
     device = FakeDevice()
-    monkeypatch.setattr("stpm_edge.runtime.backends.cuda.load_cuda", lambda device_index=0: device)
+    monkeypatch.setattr("stpm_edge.tensorrt.cuda.load_cuda", lambda device_index=0: device)
 
     def make(batch=None, version="10.3.0", built_with="10.3.0", **kw):
         trt = fake_runtime(device, version=version, batch=batch, **kw)
-        monkeypatch.setattr("stpm_edge.runtime.backends.tensorrt.import_tensorrt", lambda: trt)
+        monkeypatch.setattr("stpm_edge.tensorrt.runner.import_tensorrt", lambda: trt)
         eng = write_engine(tmp_path / "model.fp32.engine", trt=built_with, precision="fp32", batch=batch,
                            data=ENGINE_BYTES)
         return eng, trt
@@ -302,6 +325,44 @@ def test_auto_selection_opens_the_engine_when_tensorrt_fits(setup, monkeypatch, 
     assert amap.shape == (2, 1, 8, 8)
 
 
+@pytest.mark.parametrize("how", ["raise", "errors"])
+def test_runtime_that_cannot_start_cuda_is_one_line(setup, how):
+    """Issue 19: trt.Runtime raises (nullptr) or, like the lean runtime, returns an object after two
+    errors and would crash on the next call: refused in one line, before deserialization."""
+    device, make = setup
+    eng, trt = make(no_cuda=how)
+    with pytest.raises(StpmError) as e:
+        TensorRTBackend(eng)
+    assert str(e.value).startswith("TensorRT 10.3.0 could not start (trt.Runtime: createInferRuntime: Error Code 6")
+    assert not any(c[0] == "deserialize_cuda_engine" for c in trt.calls)
+    assert device.mem == {} and device.streams == 0
+
+
+def test_a_refused_tensor_address_is_an_error(setup):
+    """Issue 19: set_tensor_address returns False (e.g. a misaligned buffer); checked, memory freed."""
+    device, make = setup
+    eng, trt = make(address_ok=False)
+    with pytest.raises(StpmError, match=r"model.fp32.engine: TensorRT refused the device buffer of 'frames'"):
+        TensorRTBackend(eng)
+    assert device.mem == {} and device.pinned == 0 and device.streams == 0
+
+
+def test_backends_share_one_logger_and_report_their_own_errors(setup):
+    """Issue 19: several engines open (stpm-eval --compare): TensorRT logs into the first logger;
+    with one process-wide logger the failing backend still reports its error."""
+    device, make = setup
+    eng, trt = make(batch=1)
+    first, second = TensorRTBackend(eng), TensorRTBackend(eng)
+    try:
+        assert first._log is second._log
+        trt._fail["exec"] = True
+        with pytest.raises(StpmError, match=r"TensorRT inference failed \(IExecutionContext::enqueueV3: Error Code 1"):
+            second.infer(_frames(1))
+    finally:
+        first.close()
+        second.close()
+
+
 # -- the cuda-python adapter (no GPU: a fake runtime module with cuda-python's conventions) ----------
 
 class _Err(int):
@@ -341,7 +402,7 @@ def fake_cudart():
 
 
 def test_cuda_python_adapter_conventions():
-    from stpm_edge.runtime.backends.cuda import CudaError, _CudaPython
+    from stpm_edge.tensorrt.cuda import CudaError, _CudaPython
 
     rt = fake_cudart()
     cuda = _CudaPython(rt, "cuda.bindings.runtime", 0, handle_of=lambda h: h.address)
@@ -357,7 +418,7 @@ def test_cuda_python_adapter_conventions():
 
 
 def test_load_cuda_prefers_cuda_bindings_then_cudart_then_pycuda(monkeypatch):
-    from stpm_edge.runtime.backends import cuda as cuda_mod
+    from stpm_edge.tensorrt import cuda as cuda_mod
 
     available: dict[str, object] = {}
 
@@ -379,17 +440,87 @@ def test_load_cuda_prefers_cuda_bindings_then_cudart_then_pycuda(monkeypatch):
     assert api.name == "cuda-python (cuda.bindings.runtime)" and api.stream_handle(_Handle(5)) == 5
 
 
+class _NoDriverRuntime:
+    """cuda-python 11.8.7-12.8 on a machine without an NVIDIA driver: every call raises."""
+
+    def __getattr__(self, name):
+        def call(*args):
+            raise RuntimeError("Failed to dlopen libcuda.so.1")
+
+        return call
+
+
+def test_probe_gpu_without_a_driver_is_a_reason_not_a_traceback(monkeypatch):
+    """Issue 19: cuda-python <= 12.8 raise RuntimeError where no driver is installed; stpm-export,
+    backend selection and trt_check.py must say "no GPU" in one line instead of a traceback."""
+    from stpm_edge.tensorrt import cuda as cuda_mod
+
+    monkeypatch.setattr(cuda_mod, "_import", lambda name: _NoDriverRuntime() if name == "cuda.bindings.runtime"
+                        else (_ for _ in ()).throw(ImportError(name)))
+    gpu, why = cuda_mod.probe_gpu(0)
+    assert gpu is None
+    assert why == "no CUDA GPU (CUDA cudaGetDeviceCount failed: Failed to dlopen libcuda.so.1)"
+    api = cuda_mod.load_cuda(0)
+    with pytest.raises(cuda_mod.CudaError, match=r"^CUDA cudaMalloc failed: Failed to dlopen libcuda.so.1$"):
+        api.malloc(16)
+
+
+def test_load_cuda_reports_a_binding_that_fails_to_load(monkeypatch):
+    from stpm_edge.tensorrt import cuda as cuda_mod
+
+    def broken(name):
+        raise (OSError("libcudart.so.12: cannot open shared object file") if name.startswith("cuda.")
+               else ImportError(f"No module named {name!r}"))
+
+    monkeypatch.setattr(cuda_mod, "_import", broken)
+    gpu, why = cuda_mod.probe_gpu(0)
+    assert gpu is None and why.startswith("no CUDA Python binding found (cuda.bindings.runtime: libcudart.so.12")
+
+
+def test_the_adapter_calls_only_the_listed_runtime_functions():
+    """RUNTIME_CALLS is what the conformance test checks on real cuda-python: it must be complete."""
+    from stpm_edge.tensorrt.cuda import RUNTIME_CALLS, _CudaPython
+
+    used: set[str] = set()
+    ok = _Err(0, "cudaSuccess")
+
+    class Recording:
+        cudaStreamNonBlocking = 1
+        cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+        cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeThreadLocal=1)
+
+        def __getattr__(self, name):
+            used.add(name)
+            props = types.SimpleNamespace(name=b"GPU", major=8, minor=7, totalGlobalMem=2**30)
+            buf = np.zeros(64, np.uint8)
+            value = {"cudaGetDeviceCount": 1, "cudaGetDeviceProperties": props,
+                     "cudaMallocHost": buf.ctypes.data}.get(name, 7)
+            return lambda *args: (ok, value)
+
+    cuda = _CudaPython(Recording(), "cuda.bindings.runtime", device=1)
+    cuda.device_count(), cuda.device_info(0)
+    with cuda.activate():
+        host = cuda.pinned_empty((4,), np.float32)
+        stream = cuda.stream_create()
+        ptr = cuda.malloc(16)
+        cuda.htod_async(ptr, host, stream), cuda.dtoh_async(host, ptr, stream), cuda.synchronize(stream)
+        cuda.capture_begin(stream)
+        graph = cuda.capture_end(stream)
+        cuda.graph_launch(graph, stream), cuda.graph_destroy(graph)
+        cuda.free(ptr), cuda.pinned_free(host), cuda.stream_destroy(stream)
+    assert used and used <= set(RUNTIME_CALLS), used - set(RUNTIME_CALLS)
+
+
 def test_installed_cuda_bindings_have_the_calls_used():
-    """Where cuda-bindings is installed (no GPU needed), the names and enum members the adapter uses exist."""
+    """Where cuda-bindings is installed (no GPU needed), the names and enum members the adapter uses
+    exist, and asking for the GPU gives a device or a one-line reason, never an exception."""
     rt = pytest.importorskip("cuda.bindings.runtime")
-    for name in ("cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaSetDevice", "cudaMalloc", "cudaFree",
-                 "cudaMallocHost", "cudaFreeHost", "cudaStreamCreateWithFlags", "cudaStreamDestroy",
-                 "cudaMemcpyAsync", "cudaStreamSynchronize", "cudaStreamBeginCapture", "cudaStreamEndCapture",
-                 "cudaGraphInstantiateWithFlags", "cudaGraphLaunch", "cudaGraphExecDestroy", "cudaGraphDestroy",
-                 "cudaGetErrorString"):
+    from stpm_edge.tensorrt.cuda import RUNTIME_CALLS, probe_gpu
+
+    for name in RUNTIME_CALLS:
         assert callable(getattr(rt, name)), name
     assert int(rt.cudaStreamNonBlocking) == 1
     assert rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal is not None
     assert rt.cudaMemcpyKind.cudaMemcpyHostToDevice and rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-    err = rt.cudaGetDeviceCount()[0]  # (cudaError_t, count) whether or not a GPU is present
-    assert isinstance(int(err), int) and hasattr(err, "name")
+    gpu, why = probe_gpu(0)
+    assert (gpu is None) == bool(why) and "\n" not in why

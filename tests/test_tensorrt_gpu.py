@@ -24,8 +24,8 @@ INT8_MAX_DROP_PT = 0.5
 
 @pytest.fixture(scope="module")
 def trt_env():
-    from stpm_edge.runtime.backends.cuda import probe_gpu
-    from stpm_edge.runtime.backends.tensorrt import import_tensorrt
+    from stpm_edge.tensorrt.cuda import probe_gpu
+    from stpm_edge.tensorrt.api import import_tensorrt
 
     try:
         trt = import_tensorrt()
@@ -34,7 +34,7 @@ def trt_env():
     gpu, why = probe_gpu(0)
     if gpu is None:
         pytest.skip(f"TensorRT tests need a CUDA GPU: {why}")
-    from stpm_edge.export.tensorrt import caps_from_module
+    from stpm_edge.tensorrt.builder import caps_from_module
 
     return trt, gpu, caps_from_module(trt)
 
@@ -70,14 +70,14 @@ def test_set(brick_data):
 def _compare(ref_path: Path, engine_path: Path, test_set, **engine_kw):
     from stpm_edge.eval.compare import compare_backends
     from stpm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from stpm_edge.runtime.backends.tensorrt import TensorRTBackend
+    from stpm_edge.tensorrt.runner import TensorRTBackend
 
     with OnnxRuntimeBackend(ref_path, providers="cpu") as ref, TensorRTBackend(engine_path, **engine_kw) as eng:
         return compare_backends([ref, eng], ["onnxruntime", "tensorrt"], test_set, batch_size=5)
 
 
 def _build(onnx_path: Path, precision: str, **opts):
-    from stpm_edge.export.tensorrt import BuildOptions, build_engine
+    from stpm_edge.tensorrt.builder import BuildOptions, build_engine
 
     return build_engine(onnx_path, precision, BuildOptions(**opts))
 
@@ -138,7 +138,7 @@ def test_int8_classic_calibrator_keeps_auroc(trt_env, exported, brick_data, test
 
 
 def test_auto_selection_and_compat_refusal(exported, tmp_path):
-    from stpm_edge.runtime.backends.engine_meta import sidecar_path
+    from stpm_edge.tensorrt.engine_meta import sidecar_path
     from stpm_edge.runtime.backends.select import open_backend
 
     res = _build(exported["fixed"], "fp32")
@@ -153,7 +153,7 @@ def test_auto_selection_and_compat_refusal(exported, tmp_path):
         assert backend.name == "onnxruntime"
     frames = np.zeros((2, 96, 96, 3), np.uint8)
     res = _build(exported["fixed"], "fp32")
-    from stpm_edge.runtime.backends.tensorrt import TensorRTBackend
+    from stpm_edge.tensorrt.runner import TensorRTBackend
 
     with TensorRTBackend(res.engine_path) as backend:
         amap, score = backend.infer(frames)  # 2 frames through a batch-1 engine

@@ -1,44 +1,53 @@
 """TensorRT build decisions per release, as pure functions (no TensorRT needed).
 
-The capabilities below are written by hand from each release's Python API documentation
-(see the sources in ``stpm_edge.export.trt_plan``): 8.5/8.6 have EXPLICIT_BATCH and the
-precision flags; 10.x adds STRONGLY_TYPED and keeps EXPLICIT_BATCH only as an ignored
-deprecated member; 11 has neither EXPLICIT_BATCH nor precision flags nor calibrators.
+The capabilities below are what the plan tests assume of each release (see the sources in
+``stpm_edge.tensorrt.plan``): 8.5/8.6 have EXPLICIT_BATCH and the precision flags; 10.x adds
+STRONGLY_TYPED and keeps EXPLICIT_BATCH only as an ignored deprecated member; 11 has neither
+EXPLICIT_BATCH nor precision flags nor calibrators. The builder-flag sets are the real ones,
+recorded from the binding modules (``_trt_api``); ``test_tensorrt_conformance.py`` checks that
+``caps_from_module`` of the real 8.6.1, 10.3, 10.13 and 11.4 modules gives exactly these.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from _trt_api import api_for
 
 from stpm_edge.errors import StpmError
-from stpm_edge.export.trt_plan import (BuildOptions, TrtCaps, calibration_profile,
-                                       default_calib_cache, default_timing_cache, keep_fp32, network_flags,
-                                       plan_build, profile_shapes)
+from stpm_edge.tensorrt.plan import (BuildOptions, TrtCaps, calibration_profile,
+                                     default_calib_cache, default_timing_cache, keep_fp32, network_flags,
+                                     plan_build, profile_shapes)
 from stpm_edge.runtime.backends.base import InputSpec
-from stpm_edge.runtime.backends.engine_meta import parse_trt_version, same_trt_release
+from stpm_edge.tensorrt.engine_meta import parse_trt_version, same_trt_release
 
-FLAGS_8 = frozenset({"FP16", "INT8", "DEBUG", "GPU_FALLBACK", "REFIT", "DISABLE_TIMING_CACHE", "TF32",
-                     "SPARSE_WEIGHTS", "SAFETY_SCOPE", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS",
-                     "DIRECT_IO", "REJECT_EMPTY_ALGORITHMS"})
-FLAGS_10 = FLAGS_8 | {"BF16", "FP8", "WEIGHT_STREAMING", "STRIP_PLAN"}
-FLAGS_11 = frozenset({"DEBUG", "GPU_FALLBACK", "REFIT", "DISABLE_TIMING_CACHE", "TF32", "SPARSE_WEIGHTS",
-                      "WEIGHT_STREAMING", "STRIP_PLAN"})
+
+def builder_flags(release: str) -> frozenset[str]:
+    return frozenset(api_for(release)["enums"]["BuilderFlag"])
+
+
 CALIBRATORS = frozenset({"IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator"})
+PLUGIN_FLAGS = {"PREFER_AOT_PYTHON_PLUGINS", "PREFER_JIT_PYTHON_PLUGINS"}  # 10.x later releases and 11
 
 CAPS = {
-    "8.5": TrtCaps(parse_trt_version("8.5.2.2"), frozenset({"EXPLICIT_BATCH", "EXPLICIT_PRECISION"}), FLAGS_8,
-                   CALIBRATORS, memory_pool=True, optimization_level=False, calibration_profile=True),
-    "8.6": TrtCaps(parse_trt_version("8.6.2.3"), frozenset({"EXPLICIT_BATCH", "EXPLICIT_PRECISION"}), FLAGS_8,
-                   CALIBRATORS, memory_pool=True, optimization_level=True, calibration_profile=True),
-    "10.3": TrtCaps(parse_trt_version("10.3.0"), frozenset({"EXPLICIT_BATCH", "STRONGLY_TYPED"}), FLAGS_10,
-                    CALIBRATORS, memory_pool=True, optimization_level=True, calibration_profile=True),
-    "10.13": TrtCaps(parse_trt_version("10.13.3.9"), frozenset({"EXPLICIT_BATCH", "STRONGLY_TYPED",
-                                                                "PREFER_AOT_PYTHON_PLUGINS"}),
-                     FLAGS_10, CALIBRATORS, memory_pool=True, optimization_level=True, calibration_profile=True),
-    "11": TrtCaps(parse_trt_version("11.0.0.dev"), frozenset({"STRONGLY_TYPED", "PREFER_AOT_PYTHON_PLUGINS"}),
-                  FLAGS_11, frozenset(), memory_pool=True, optimization_level=True, calibration_profile=False),
+    "8.5": TrtCaps(parse_trt_version("8.5.2.2"), frozenset({"EXPLICIT_BATCH", "EXPLICIT_PRECISION"}),
+                   builder_flags("8.5.2.2"), CALIBRATORS, memory_pool=True, optimization_level=False,
+                   calibration_profile=True),
+    "8.6": TrtCaps(parse_trt_version("8.6.2.3"), frozenset({"EXPLICIT_BATCH", "EXPLICIT_PRECISION"}),
+                   builder_flags("8.6.1"), CALIBRATORS, memory_pool=True, optimization_level=True,
+                   calibration_profile=True),
+    "10.3": TrtCaps(parse_trt_version("10.3.0"), frozenset({"EXPLICIT_BATCH", "STRONGLY_TYPED"}),
+                    builder_flags("10.3.0"), CALIBRATORS, memory_pool=True, optimization_level=True,
+                    calibration_profile=True),
+    "10.13": TrtCaps(parse_trt_version("10.13.3.9"), frozenset({"EXPLICIT_BATCH", "STRONGLY_TYPED", *PLUGIN_FLAGS}),
+                     builder_flags("10.13.3.9"), CALIBRATORS, memory_pool=True, optimization_level=True,
+                     calibration_profile=True),
+    "11": TrtCaps(parse_trt_version("11.0.0.dev"), frozenset({"STRONGLY_TYPED", *PLUGIN_FLAGS}),
+                  builder_flags("11.4.0.106"), frozenset(), memory_pool=True, optimization_level=True,
+                  calibration_profile=False),
 }
+# The recorded releases and the CAPS entry each stands for (the conformance test compares them).
+CAPS_OF_RELEASE = {"8.6.1": "8.6", "10.3.0": "10.3", "10.13.3.9": "10.13", "11.4.0.106": "11"}
 
 FIXED = InputSpec("frames", "uint8", "NHWC", "BGR", 1, 480, 640)
 DYNAMIC = InputSpec("frames", "uint8", "NHWC", "BGR", None, 480, 640)
@@ -225,7 +234,7 @@ def test_int8_calibrator_is_a_clear_error_on_11(tmp_path):
 def test_int8_without_graph_or_images(tmp_path):
     with pytest.raises(StpmError, match="no model.int8.onnx"):
         plan_build(CAPS["10.3"], "int8", BuildOptions(), FIXED, files(tmp_path, "fp32"))
-    with pytest.raises(StpmError, match="--calib-dir"):
+    with pytest.raises(StpmError, match="--calib DIR"):
         plan_build(CAPS["10.3"], "int8", BuildOptions(int8_mode="calibrator"), FIXED, files(tmp_path, "fp32"))
 
 
@@ -258,6 +267,21 @@ def test_dla_refuses_dynamic_batch(tmp_path, release):
     assert plan.dla_core == 0 and plan.profile is None and plan.builder_flags[-1] == "GPU_FALLBACK"
 
 
+@pytest.mark.parametrize("release", ["8.5", "8.6", "10.3"])
+def test_dla_with_the_classic_calibrator_needs_the_entropy_calibrator(tmp_path, release):
+    """Issue 19: IInt8EntropyCalibrator2 is "the required calibrator for DLA"; the default is MinMax."""
+    f = files(tmp_path, "fp32")
+    with pytest.raises(StpmError, match=r"DLA requires TensorRT's entropy calibrator \(IInt8EntropyCalibrator2\), "
+                                        r"not IInt8MinMaxCalibrator: pass --calib-method entropy"):
+        plan_build(CAPS[release], "int8", BuildOptions(dla_core=0, int8_mode="calibrator", calib_dir=tmp_path),
+                   FIXED, f)
+    plan = plan_build(CAPS[release], "int8", BuildOptions(dla_core=0, int8_mode="calibrator", calib_dir=tmp_path,
+                                                          calib_method="entropy"), FIXED, f)
+    assert plan.calibrator_class == "IInt8EntropyCalibrator2" and plan.dla_core == 0
+    plan = plan_build(CAPS[release], "int8", BuildOptions(int8_mode="calibrator", calib_dir=tmp_path), FIXED, f)
+    assert plan.calibrator_class == "IInt8MinMaxCalibrator"  # the GPU takes either
+
+
 def test_optimization_level_and_workspace(tmp_path):
     plan = plan_build(CAPS["8.6"], "fp32", BuildOptions(optimization_level=5, workspace_mib=256), FIXED,
                       files(tmp_path, "fp32"))
@@ -272,7 +296,7 @@ def test_optimization_level_and_workspace(tmp_path):
 
 def test_bad_option_values(tmp_path):
     f = files(tmp_path, "fp32")
-    for opts, match in ((BuildOptions(fp16_mode="x"), "--trt-fp16"), (BuildOptions(int8_mode="x"), "--trt-int8"),
+    for opts, match in ((BuildOptions(fp16_mode="x"), "fp16_mode"), (BuildOptions(int8_mode="x"), "--trt-int8"),
                         (BuildOptions(workspace_mib=0), "--workspace")):
         with pytest.raises(StpmError, match=match):
             plan_build(CAPS["10.3"], "fp32", opts, FIXED, f)

@@ -14,11 +14,11 @@ from _trt_models import reference, write_engine, write_onnx
 
 from stpm_edge.errors import StpmError
 from stpm_edge.runtime.backends.base import InputSpec
-from stpm_edge.runtime.backends.engine_meta import (GpuInfo, check_compat, engine_path_for, onnx_path_for,
-                                                    read_sidecar, rebuild_hint, sidecar_path, split_model_name)
+from stpm_edge.tensorrt.engine_meta import (GpuInfo, check_compat, engine_path_for, onnx_path_for,
+                                            read_sidecar, rebuild_hint, sidecar_path, split_model_name)
 from stpm_edge.runtime.backends.select import (BackendChoice, EngineCandidate, TrtEnv, choose_backend, find_engine,
                                                open_backend)
-from stpm_edge.runtime.backends.tensorrt import NP_DTYPES, TensorInfo, check_engine_io, max_batch
+from stpm_edge.tensorrt.runner import NP_DTYPES, TensorInfo, check_engine_io, max_batch
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 ORIN = GpuInfo("Orin", "8.7")
@@ -34,12 +34,28 @@ DYN = InputSpec("frames", "uint8", "NHWC", "BGR", None, 8, 8)
     ("model.int8.onnx", "model", "int8", "model.int8.engine"),
     ("model.int8.engine", "model", "int8", "model.int8.engine"),
     ("cam.v2.onnx", "cam.v2", "fp32", "cam.v2.fp32.engine"),
-    ("model.int8.cpu.onnx", "model.int8.cpu", "fp32", "model.int8.cpu.fp32.engine"),  # ORT-only form
 ])
 def test_model_names(name, base, precision, engine):
     b, p = split_model_name(Path("d") / name)
     assert (b, p) == (Path("d") / base, precision)
     assert engine_path_for(Path("d") / name) == Path("d") / engine
+
+
+def test_the_cpu_int8_form_is_never_an_engine_source(tmp_path):
+    """Issue 19: model.int8.cpu.onnx (stpm-calibrate --int8-forms cpu) mapped to the engine name
+    model.int8.cpu.fp32.engine and built as FP32; it is refused, and auto runs it on ONNX Runtime."""
+    from stpm_edge.tensorrt.builder import build_engine
+
+    cpu = write_onnx(tmp_path / "model.int8.cpu.onnx", precision="int8")
+    with pytest.raises(StpmError, match=r"^model.int8.cpu.onnx is ONNX Runtime's CPU form of the INT8 model .*"
+                                        r"TensorRT's INT8 source is model.int8.onnx$"):
+        engine_path_for(Path("model.int8.cpu.onnx"))
+    with pytest.raises(StpmError, match="CPU form of the INT8 model"):
+        build_engine(cpu, "fp32", trt=object(), gpu=ORIN)  # refused before TensorRT is touched
+    with pytest.raises(StpmError, match="cannot run on TensorRT: model.int8.cpu.onnx is ONNX Runtime's CPU form"):
+        open_backend(cpu, "tensorrt")
+    with open_backend(cpu, "auto") as backend:
+        assert backend.name == "onnxruntime"
 
 
 def test_variant_and_sidecar_names():
@@ -253,7 +269,7 @@ def test_open_backend_falls_back_to_onnxruntime(tmp_path, caplog):
 
 @pytest.mark.skipif(HAVE_TRT, reason="checks the messages of a machine without TensorRT")
 def test_without_tensorrt_the_messages_say_how_to_install(tmp_path):
-    from stpm_edge.export.tensorrt import maybe_build_engine
+    from stpm_edge.tensorrt.builder import maybe_build_engine
     from stpm_edge.runtime.backends.select import probe_tensorrt
 
     onnx_path = write_onnx(tmp_path / "model.onnx")
@@ -268,8 +284,42 @@ def test_without_tensorrt_the_messages_say_how_to_install(tmp_path):
         open_backend(fp16, "tensorrt")
 
 
+@pytest.fixture
+def no_tensorrt_module():
+    """Forget any imported ``tensorrt`` before and after the test (the test imports a fake one)."""
+    import sys
+
+    saved = sys.modules.pop("tensorrt", None)
+    yield
+    sys.modules.pop("tensorrt", None)
+    if saved is not None:
+        sys.modules["tensorrt"] = saved
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="puts a fake tensorrt on the path of a machine without TensorRT")
+@pytest.mark.parametrize("content", [None, "__init__.pyi"])
+def test_an_empty_tensorrt_package_is_not_tensorrt(tmp_path, monkeypatch, no_tensorrt_module, content):
+    """Issue 19: an empty namespace package (tensorrt-stubs alone, a stray tensorrt/ folder) imports;
+    it must give the install line, not AttributeError: module 'tensorrt' has no attribute '__version__'."""
+    from stpm_edge.runtime.backends.select import probe_tensorrt
+    from stpm_edge.tensorrt.api import import_tensorrt
+    from stpm_edge.tensorrt.builder import maybe_build_engine
+
+    folder = tmp_path / "site" / "tensorrt"
+    folder.mkdir(parents=True)
+    if content:
+        (folder / content).write_text("class Builder: ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(StpmError, match=r"^tensorrt is not installed \(the 'tensorrt' found at .*site.tensorrt "
+                                        r"is not TensorRT: it has no __version__.*\); pip install"):
+        import_tensorrt()
+    assert probe_tensorrt().reason.startswith("tensorrt is not installed (the 'tensorrt' found at")
+    skip = maybe_build_engine(write_onnx(tmp_path / "model.onnx"), "fp32")
+    assert not skip.built and "is not TensorRT" in str(skip)
+
+
 def test_engine_backend_rejects_wrong_files(tmp_path):
-    from stpm_edge.runtime.backends.tensorrt import TensorRTBackend
+    from stpm_edge.tensorrt.runner import TensorRTBackend
 
     with pytest.raises(StpmError, match="runs .engine files"):
         TensorRTBackend(tmp_path / "model.onnx")

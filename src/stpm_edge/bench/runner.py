@@ -126,7 +126,7 @@ def open_combo(c: Combo, threads: int) -> Backend:
 
         return OnnxRuntimeBackend(c.path, providers=c.device, threads=threads)
     if c.backend == "tensorrt":
-        from stpm_edge.runtime.backends.tensorrt import TensorRTBackend  # noqa: PLC0415
+        from stpm_edge.tensorrt.runner import TensorRTBackend  # noqa: PLC0415
 
         return TensorRTBackend(c.path, cuda_graph=c.cuda_graph)
     raise StpmError(f"unknown backend {c.backend!r}")

@@ -1,7 +1,7 @@
-"""INT8 calibration: the frames that calibrate (``reader``), ONNX Runtime Q/DQ quantization
-(``quantize``) and TensorRT's calibration-cache text format (``cache``).
+"""INT8 calibration: the frames that calibrate (``reader``) and ONNX Runtime Q/DQ quantization
+(``quantize``).
 
-The TensorRT calibrator classes themselves live in :mod:`stpm_edge.export.tensorrt`, the one
-module that imports ``tensorrt``; they are fed by :class:`reader.CalibrationFrames` and read
-and write their cache with :mod:`cache`.
+TensorRT's calibrator classes and its calibration-cache text format live in
+:mod:`stpm_edge.tensorrt` (``calibrator``, ``calibration_cache``); they are fed by
+:class:`reader.CalibrationFrames`.
 """

@@ -3,7 +3,7 @@ the exported graph's own input (raw uint8 BGR frames, or the normalised tensor f
 float-input graph), in fixed-size batches.
 
 One reader feeds both calibrators: ONNX Runtime's static quantization
-(:class:`OrtReader`) and TensorRT's classic calibrators (in :mod:`stpm_edge.export.tensorrt`).
+(:class:`OrtReader`) and TensorRT's classic calibrators (in :mod:`stpm_edge.tensorrt.calibrator`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 from stpm_edge.data.io import list_images, read_image_bgr
 from stpm_edge.errors import StpmError
 from stpm_edge.artifact import InputSpec, ModelMetadata, read_onnx_metadata
-from stpm_edge.runtime.frames import to_model_input
+from stpm_edge.data.frames import to_model_input
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ def info_cmd(
     """Show architecture, input, thresholds and provenance of a checkpoint (.pt), exported model (.onnx)
     or TensorRT engine (.engine: also the TensorRT version, GPU and build options it was made with)."""
     if model.suffix.lower() == ".engine":
-        from stpm_edge.runtime.backends.engine_meta import read_sidecar
+        from stpm_edge.tensorrt.engine_meta import read_sidecar
 
         if not model.is_file():
             raise StpmError(f"{model}: no such engine file")

@@ -19,7 +19,7 @@ from stpm_edge.data.mvtec import Dataset
 from stpm_edge.errors import StpmError
 from stpm_edge.eval.evaluate import EvalResult, EvalSet, load_test, score_test
 from stpm_edge.runtime.backends.base import Backend
-from stpm_edge.runtime.frames import to_model_input
+from stpm_edge.data.frames import to_model_input
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Graph hygiene: batch norms folded into convolutions and constants folded by the 
 (eval mode, ``do_constant_folding``), then an ONNX Runtime *basic*-level pass (standard ONNX
 ops only: constant folding and redundant-node elimination) removes the shape arithmetic
 that tracing leaves, then strict shape inference and ``onnx.checker`` with ``full_check``.
-The graph's operators must all be parseable by TensorRT 8.5 (:mod:`stpm_edge.export.trt_ops`).
+The graph's operators must all be parseable by TensorRT 8.5 (:mod:`stpm_edge.tensorrt.onnx_ops`).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from stpm_edge.artifact import SCORE as SCORE_NAME
 from stpm_edge.data.io import atomic_path
 from stpm_edge.errors import StpmError
 from stpm_edge.models.deploy import ExportConfig, ExportGraph, build_metadata, example_input
-from stpm_edge.export.trt_ops import TRT85_MAX_OPSET, unsupported_ops
+from stpm_edge.tensorrt.onnx_ops import TRT85_MAX_OPSET, unsupported_ops
 from stpm_edge.models.checkpoint import ModelMeta, load_checkpoint
 
 logger = logging.getLogger(__name__)

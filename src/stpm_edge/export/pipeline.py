@@ -152,7 +152,7 @@ def int8_summary(result: Int8Result, plan: Int8Plan) -> dict[str, Any]:
 
 def build_engine_step(onnx_path: Path, precision: str, options: dict[str, Any]) -> Any:
     """Build the TensorRT engine where TensorRT and a GPU are present (else its skip reason)."""
-    from stpm_edge.export.tensorrt import BuildOptions, maybe_build_engine  # noqa: PLC0415
+    from stpm_edge.tensorrt.builder import BuildOptions, maybe_build_engine  # noqa: PLC0415
 
     return maybe_build_engine(onnx_path, precision, BuildOptions(**options))
 

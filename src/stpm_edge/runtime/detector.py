@@ -26,7 +26,7 @@ from stpm_edge.errors import StpmError
 from stpm_edge.artifact import InputSpec, ModelMetadata
 from stpm_edge.runtime.backends.base import Backend
 from stpm_edge.runtime.bgr import to_bgr
-from stpm_edge.runtime.frames import to_model_input
+from stpm_edge.data.frames import to_model_input
 from stpm_edge.runtime.overlay import OverlayStyle, render
 
 MAX_BOXES = 64  # the largest regions first; a noisy map must not produce thousands of boxes

@@ -30,8 +30,8 @@ from stpm_edge.artifact import file_sha256
 from stpm_edge.errors import StpmError
 from stpm_edge.runtime.backends.base import Backend
 from stpm_edge.runtime.backends.triton import is_triton_uri
-from stpm_edge.runtime.backends.engine_meta import (ENGINE_SUFFIX, PRECISIONS, GpuInfo, check_compat,
-                                                    engine_path_for, read_sidecar, split_model_name)
+from stpm_edge.tensorrt.engine_meta import (ENGINE_SUFFIX, PRECISIONS, GpuInfo, check_compat, engine_path_for,
+                                            is_cpu_form, no_engine_reason, read_sidecar, split_model_name)
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class BackendChoice:
 def _engine_problem(candidate: EngineCandidate | None, env: TrtEnv | None, onnx_path: Path) -> str:
     """Why the engine cannot run here ('' when it can)."""
     if candidate is None:
-        return f"no TensorRT engine {engine_path_for(onnx_path).name} beside {onnx_path.name}"
+        return no_engine_reason(onnx_path)
     if candidate.sidecar is None:
         return candidate.error or f"{candidate.path.name}: unreadable sidecar"
     if env is None or not env.usable:
@@ -139,6 +139,8 @@ def choose_backend(path: Path | str, requested: str = "auto", *, engine: EngineC
 def find_engine(onnx_path: Path) -> EngineCandidate | None:
     """The same-precision engine beside ``onnx_path`` with its sidecar and freshness, or None."""
     onnx_path = Path(onnx_path)
+    if is_cpu_form(onnx_path):
+        return None  # ONNX Runtime's INT8 form has no engine
     engine = engine_path_for(onnx_path)
     if not engine.is_file():
         base, own = split_model_name(onnx_path)
@@ -164,8 +166,8 @@ def probe_tensorrt(device: int = 0) -> TrtEnv:
     """TensorRT's version and the GPU, importing ``tensorrt`` only when it is installed."""
     if importlib.util.find_spec("tensorrt") is None:
         return TrtEnv(reason="tensorrt is not installed")
-    from stpm_edge.runtime.backends.cuda import probe_gpu  # noqa: PLC0415
-    from stpm_edge.runtime.backends.tensorrt import import_tensorrt  # noqa: PLC0415
+    from stpm_edge.tensorrt.cuda import probe_gpu  # noqa: PLC0415
+    from stpm_edge.tensorrt.api import import_tensorrt  # noqa: PLC0415
 
     try:
         trt = import_tensorrt()
@@ -205,7 +207,7 @@ def _open(choice: BackendChoice, threads: Any) -> Backend:
 
         return TorchBackend(choice.path, device=choice.providers or "cpu", threads=threads)
     if choice.kind == "tensorrt":
-        from stpm_edge.runtime.backends.tensorrt import TensorRTBackend  # noqa: PLC0415
+        from stpm_edge.tensorrt.runner import TensorRTBackend  # noqa: PLC0415
 
         return TensorRTBackend(choice.path)
     from stpm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend  # noqa: PLC0415

@@ -32,55 +32,18 @@ from typing import Any
 
 import numpy as np
 
-from stpm_edge.errors import StpmError, first_line
-from stpm_edge.runtime.backends.base import ANOMALY_MAP, OUTPUT_NAMES, Backend, InputSpec
-from stpm_edge.runtime.backends.engine_meta import (ENGINE_SUFFIX, check_compat, read_sidecar, rebuild_hint)
+from stpm_edge.errors import StpmError
+from stpm_edge.artifact import ANOMALY_MAP, OUTPUT_NAMES, InputSpec, ModelMetadata
+from stpm_edge.artifact.backend import Backend
+from stpm_edge.tensorrt.api import enum_name, import_tensorrt, make_logger, start
+from stpm_edge.tensorrt.engine_meta import (ENGINE_SUFFIX, check_compat, read_sidecar, rebuild_hint)
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("stpm_edge.runtime.backends.tensorrt")  # the name the apps quiet
 
-INSTALL_HINT = "pip install 'stpm-edge[tensorrt]' on a desktop; on Jetson it comes with JetPack"
 # TensorRT DataType member → numpy dtype name.
 NP_DTYPES = {"FLOAT": "float32", "HALF": "float16", "UINT8": "uint8", "INT8": "int8", "INT32": "int32",
              "INT64": "int64", "BOOL": "bool"}
 SPEC_DTYPES = {"uint8": "UINT8", "float32": "FLOAT"}
-
-
-def import_tensorrt() -> Any:
-    """The ``tensorrt`` module, or a one-line StpmError saying how to install it."""
-    try:
-        import tensorrt  # noqa: PLC0415
-    except Exception as e:  # noqa: BLE001 - ImportError, or OSError from a missing libnvinfer
-        raise StpmError(f"tensorrt is not installed ({first_line(e)}); {INSTALL_HINT}") from None
-    return tensorrt
-
-
-def enum_name(value: Any) -> str:
-    """An enum value's member name (``DataType.FLOAT`` → ``FLOAT``)."""
-    return str(getattr(value, "name", None) or str(value).rsplit(".", 1)[-1])
-
-
-def make_logger(trt: Any, verbose: bool = False) -> Any:
-    """A ``trt.ILogger`` forwarding to :mod:`logging` that keeps the errors for one-line messages."""
-
-    class _Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)  # pybind trampoline: the base must be initialised explicitly
-            self.errors: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:  # called from C++: must not raise
-            sev = enum_name(severity)
-            if sev in ("INTERNAL_ERROR", "ERROR"):
-                self.errors.append(" ".join(str(msg).split()))
-                logger.error("TensorRT: %s", msg)
-            elif sev == "WARNING":
-                logger.warning("TensorRT: %s", msg)
-            elif verbose:
-                logger.debug("TensorRT: %s", msg)
-
-        def last_error(self) -> str:
-            return self.errors[-1][:300] if self.errors else "see the TensorRT log"
-
-    return _Logger()
 
 
 @dataclass(frozen=True)
@@ -150,26 +113,28 @@ class TensorRTBackend(Backend):
             raise StpmError(f"{self.path}: the TensorRT backend runs {ENGINE_SUFFIX} files")
         if not self.path.is_file():
             raise StpmError(f"{self.path}: no such engine file")
-        self.metadata: dict[str, Any] = read_sidecar(self.path)
+        self.sidecar: dict[str, Any] = read_sidecar(self.path)
+        self.metadata = ModelMetadata.from_dict(self.sidecar, self.path)
         try:
-            self.input_spec = InputSpec.from_dict(self.metadata["input"])
+            self.input_spec = self.metadata.input
         except StpmError as e:
             raise StpmError(f"{self.path}: bad engine sidecar: {e}") from e
         self._closed = True
         trt = import_tensorrt()
-        from stpm_edge.runtime.backends.cuda import load_cuda  # noqa: PLC0415
+        from stpm_edge.tensorrt.cuda import load_cuda  # noqa: PLC0415
 
         self._cuda = load_cuda(device)
         self.gpu = self._cuda.device_info(device)
         self.trt_version = str(trt.__version__)
-        for warning in check_compat(self.metadata, trt_version=self.trt_version, gpu=self.gpu, engine_path=self.path):
+        for warning in check_compat(self.sidecar, trt_version=self.trt_version, gpu=self.gpu, engine_path=self.path):
             logger.warning("%s", warning)
         data = self.path.read_bytes()
-        want_sha = self.metadata["engine"].get("sha256")
+        want_sha = self.sidecar["engine"].get("sha256")
         if want_sha and hashlib.sha256(data).hexdigest() != want_sha:
             raise StpmError(f"{self.path}: the engine does not match its sidecar (sha256 differs); "
-                            f"{rebuild_hint(self.metadata)}")
-        self._log = make_logger(trt, verbose)
+                            f"{rebuild_hint(self.sidecar)}")
+        self._log = make_logger(trt, verbose)  # the process-wide logger (TensorRT keeps only one)
+        self._mark = self._log.mark()  # errors after this belong to the current operation
         self._graphs: dict[int, Any] = {}
         self._buffers: list[tuple[str, Any]] = []
         self._stream: Any = None
@@ -186,30 +151,34 @@ class TensorRTBackend(Backend):
         if cuda_graph and not self.cuda_graph:
             logger.warning("%s: CUDA graphs need cuda-python (have %s); running without", self.path, self._cuda.name)
         logger.info("%s: TensorRT %s on %s (%s), batch up to %d, %s", self.path, self.trt_version, self.gpu.name,
-                    self.metadata.get("precision", "fp32"), self._max_batch, self._cuda.name)
+                    self.metadata.precision, self._max_batch, self._cuda.name)
 
     def _load(self, trt: Any, data: bytes) -> None:
-        self._runtime = trt.Runtime(self._log)
-        dla = self.metadata["engine"].get("dla_core")
+        self._runtime = start(trt, "Runtime", self._log)
+        dla = self.sidecar["engine"].get("dla_core")
         if dla is not None:
             self._runtime.DLA_core = int(dla)
         self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise StpmError(f"{self.path}: TensorRT {self.trt_version} could not load the engine "
-                            f"({self._log.last_error()}); {rebuild_hint(self.metadata)}")
+                            f"({self._last_error()}); {rebuild_hint(self.sidecar)}")
         tensors = _tensors(trt, self._engine)
         check_engine_io(tensors, self.input_spec, self.path)
         self._context = self._engine.create_execution_context()
         if self._context is None:
-            raise StpmError(f"{self.path}: could not create an execution context ({self._log.last_error()})")
+            raise StpmError(f"{self.path}: could not create an execution context ({self._last_error()})")
         self._setup(trt, tensors)
+
+    def _last_error(self) -> str:
+        """TensorRT's last error since the current operation began (the logger is shared)."""
+        return self._log.last_error(self._mark)
 
     def _profile_max(self, trt: Any) -> tuple[int, ...] | None:
         name = self.input_spec.name
         if hasattr(self._engine, "get_tensor_profile_shape"):
             shapes = self._engine.get_tensor_profile_shape(name, 0)
             return tuple(int(d) for d in shapes[-1])
-        prof = self.metadata["engine"].get("profile") or {}
+        prof = self.sidecar["engine"].get("profile") or {}
         return tuple(prof["max"]) if prof.get("max") else None
 
     def _setup(self, trt: Any, tensors: list[TensorInfo]) -> None:
@@ -229,7 +198,9 @@ class TensorRTBackend(Backend):
             self._buffers.append(("host", self._host[t.name]))
             self._dev[t.name] = self._cuda.malloc(self._host[t.name].nbytes)
             self._buffers.append(("dev", self._dev[t.name]))
-            self._context.set_tensor_address(t.name, self._dev[t.name])
+            if not self._context.set_tensor_address(t.name, self._dev[t.name]):  # returns bool (8.5-11)
+                raise StpmError(f"{self.path}: TensorRT refused the device buffer of {t.name!r} "
+                                f"({self._last_error()})")
         self._shape_n = self._max_batch if dynamic else spec.batch
 
     # -- one run ---------------------------------------------------------------------------
@@ -237,7 +208,7 @@ class TensorRTBackend(Backend):
     def _set_batch(self, n: int) -> None:
         if self.input_spec.batch is None and n != self._shape_n:
             if not self._context.set_input_shape(self.input_spec.name, tuple(self.input_spec.shape(n))):
-                raise StpmError(f"{self.path}: batch {n} is outside the engine's profile ({self._log.last_error()})")
+                raise StpmError(f"{self.path}: batch {n} is outside the engine's profile ({self._last_error()})")
             self._shape_n = n
 
     def _enqueue(self, n: int) -> None:
@@ -252,13 +223,13 @@ class TensorRTBackend(Backend):
                 self._cuda.graph_launch(graph, self._stream)
                 return
         if not self._context.execute_async_v3(handle):
-            raise StpmError(f"{self.path}: TensorRT inference failed ({self._log.last_error()})")
+            raise StpmError(f"{self.path}: TensorRT inference failed ({self._last_error()})")
 
     def _capture(self, handle: int) -> Any:
         """Run once (TensorRT finishes deferred work), then capture one enqueue; None on failure."""
         try:
             if not self._context.execute_async_v3(handle):
-                raise StpmError(self._log.last_error())
+                raise StpmError(self._last_error())
             self._cuda.synchronize(self._stream)
             self._cuda.capture_begin(self._stream)
             try:
@@ -267,7 +238,7 @@ class TensorRTBackend(Backend):
                 graph = self._cuda.capture_end(self._stream)
             if not ok:
                 self._cuda.graph_destroy(graph)
-                raise StpmError(self._log.last_error())
+                raise StpmError(self._last_error())
             return graph
         except StpmError as e:
             logger.warning("%s: CUDA graph capture failed (%s); running without graphs", self.path, e)
@@ -278,6 +249,7 @@ class TensorRTBackend(Backend):
         n = int(frames.shape[0])
         name = self.input_spec.name
         cuda, stream = self._cuda, self._stream
+        self._mark = self._log.mark()
         with cuda.activate():
             self._set_batch(n)
             host_in = self._host[name][:n]

@@ -2,7 +2,7 @@
 
 :class:`TrtCaps` says what a ``tensorrt`` module offers, found by feature checks (names of
 enum members and class attributes, never numeric flag bits, whose values changed between
-releases): :func:`stpm_edge.export.tensorrt.caps_from_module` builds it from the imported
+releases): :func:`stpm_edge.tensorrt.api.caps_from_module` builds it from the imported
 module, tests build it by hand for 8.5, 8.6, 10.3, 10.x and 11. :func:`plan_build` turns
 caps + precision + options + the ONNX files that exist into a :class:`BuildPlan`; the builder
 only carries the plan out.
@@ -31,8 +31,9 @@ The paths per TensorRT release (and the documentation each follows):
   gone and ``STRONGLY_TYPED`` is "[DEPRECATED] ... Strongly typed mode is always enabled ...
   ignored" (11.0 Python API, Builder page). So no network flags, no precision flags:
   ``model.fp16.onnx`` / ``model.int8.onnx`` are required, the calibrator is a clear error.
-* **DLA** (any release): FP16/INT8 only, GPU fallback on by default, and a fixed batch only
-  ("DLA does not support dynamic dimensions", DLA Supported Layers and Restrictions).
+* **DLA** (any release): FP16/INT8 only, GPU fallback on by default, a fixed batch only
+  ("DLA does not support dynamic dimensions", DLA Supported Layers and Restrictions), and the
+  classic calibrator only as ``IInt8EntropyCalibrator2`` ("the required calibrator for DLA").
 
 Sources: docs.nvidia.com/deeplearning/tensorrt ``api/python_api/infer/Core/Builder.html``
 (8.2.5, 8.4.3, 10.x, 11.0.0 archives), ``.../Core/BuilderConfig.html``, ``api/migration/
@@ -46,8 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stpm_edge.errors import StpmError
-from stpm_edge.runtime.backends.base import InputSpec
-from stpm_edge.runtime.backends.engine_meta import PRECISIONS, TrtVersion
+from stpm_edge.artifact import InputSpec
+from stpm_edge.tensorrt.engine_meta import PRECISIONS, TrtVersion
 
 FP16_MODES = ("auto", "typed", "flags")
 INT8_MODES = ("auto", "qdq", "calibrator")
@@ -165,7 +166,7 @@ def profile_shapes(spec: InputSpec, min_batch: int | None = None, opt_batch: int
     if spec.batch is not None:
         given = {v for v in (min_batch, opt_batch, max_batch) if v is not None}
         if given - {spec.batch}:
-            raise StpmError(f"--min/--opt/--max-batch apply to dynamic-batch models; this model has a fixed batch "
+            raise StpmError(f"--min-batch/--opt-batch/--max-batch apply to dynamic-batch models; this model has a fixed batch "
                             f"of {spec.batch} (export with --dynamic-batch for a batch range)")
         return None
     lo = min_batch or 1
@@ -235,7 +236,7 @@ def plan_build(caps: TrtCaps, precision: str, options: BuildOptions, spec: Input
     if precision not in PRECISIONS:
         raise StpmError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if options.fp16_mode not in FP16_MODES:
-        raise StpmError(f"--trt-fp16 {options.fp16_mode!r}: expected one of {', '.join(FP16_MODES)}")
+        raise StpmError(f"BuildOptions.fp16_mode {options.fp16_mode!r}: expected one of {', '.join(FP16_MODES)}")
     if options.int8_mode not in INT8_MODES:
         raise StpmError(f"--trt-int8 {options.int8_mode!r}: expected one of {', '.join(INT8_MODES)}")
     v = caps.version
@@ -265,14 +266,14 @@ def plan_build(caps: TrtCaps, precision: str, options: BuildOptions, spec: Input
                                 f"(strongly typed; no FP16 builder flag); export it with stpm-export MODEL.pt --fp16")
         if mode == "typed":
             if not caps.strongly_typed:
-                raise StpmError(f"TensorRT {v} has no strongly typed networks (10+); use --trt-fp16 flags")
+                raise StpmError(f"TensorRT {v} has no strongly typed networks (10+); use fp16_mode=\"flags\" (the FP16 builder flag)")
             if not have_typed_file:
                 raise StpmError("no model.fp16.onnx next to model.onnx; export it with stpm-export MODEL.pt --fp16")
             typed, source = True, onnx_files["fp16"]
         else:  # flags
             if not caps.weak_typing or "OBEY_PRECISION_CONSTRAINTS" not in caps.builder_flags:
                 raise StpmError(f"TensorRT {v} has no FP16 builder flag or precision constraints "
-                                f"(removed in 11); use model.fp16.onnx (--trt-fp16 typed)")
+                                f"(removed in 11); use model.fp16.onnx (a strongly typed build, fp16_mode=\"typed\")")
             builder_flags += ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
             pin = True
     elif precision == "int8":
@@ -285,7 +286,7 @@ def plan_build(caps: TrtCaps, precision: str, options: BuildOptions, spec: Input
                 mode = "calibrator"
             else:
                 raise StpmError("no model.int8.onnx next to model.onnx and no calibration images: export the Q/DQ "
-                                "model with stpm-export MODEL.pt --int8 --calib-dir GOOD_IMAGES")
+                                "model with stpm-export MODEL.pt --int8 --calib GOOD_IMAGES")
         if mode == "qdq":
             if "int8" not in onnx_files:
                 raise StpmError("no model.int8.onnx next to model.onnx; export it with stpm-export MODEL.pt --int8")
@@ -303,9 +304,9 @@ def plan_build(caps: TrtCaps, precision: str, options: BuildOptions, spec: Input
                 raise StpmError(f"TensorRT {v} has no implicit INT8 calibration ({cls} was removed in 11); "
                                 f"use the Q/DQ model: stpm-export MODEL.pt --int8 writes model.int8.onnx")
             if options.calib_dir is None and (cache is None or not cache.is_file()):
-                raise StpmError("INT8 calibration needs --calib-dir (good images) or an existing --calib-cache")
+                raise StpmError("INT8 calibration needs --calib DIR (good images) or an existing calib.cache beside the model")
             _positive("--calib-count", options.calib_count)
-            _positive("--calib-batch", options.calib_batch)
+            _positive("BuildOptions.calib_batch", options.calib_batch)
             int8_method, calibrator, calib_cache_path = "calibrator", cls, cache
             builder_flags += ["INT8", "OBEY_PRECISION_CONSTRAINTS"]
             pin = True
@@ -336,6 +337,11 @@ def plan_build(caps: TrtCaps, precision: str, options: BuildOptions, spec: Input
             # as the dimensions used for building" (DLA Supported Layers and Restrictions).
             raise StpmError("DLA needs a fixed batch (it supports no dynamic dimensions); export the model "
                             "without --dynamic-batch to use --dla-core")
+        if int8_method == "calibrator" and calibrator != CALIBRATOR_CLASSES["entropy"]:
+            # "IInt8EntropyCalibrator2 ... This is the required calibrator for DLA, as it supports
+            # per activation tensor scaling" (NvInfer.h, 8.4-10.x C++ API reference).
+            raise StpmError(f"DLA requires TensorRT's entropy calibrator (IInt8EntropyCalibrator2), not {calibrator}: "
+                            f"pass --calib-method entropy, or build from the Q/DQ model.int8.onnx")
         if options.gpu_fallback:
             if "GPU_FALLBACK" not in caps.builder_flags:
                 raise StpmError(f"TensorRT {v} has no GPU fallback for DLA")
@@ -363,7 +369,7 @@ def plan_build(caps: TrtCaps, precision: str, options: BuildOptions, spec: Input
 
 
 def default_calib_cache(onnx_files: Mapping[str, Path], options: BuildOptions) -> Path | None:
-    """``--calib-cache``, else ``calib.cache`` beside model.onnx (where ``stpm-export --int8`` keeps it)."""
+    """``BuildOptions.calib_cache``, else ``calib.cache`` beside model.onnx (where ``stpm-export --int8`` keeps it)."""
     if options.calib_cache is not None:
         return Path(options.calib_cache)
     base = onnx_files.get("fp32") or next(iter(onnx_files.values()), None)

@@ -20,6 +20,11 @@ sizes the copy from the host buffer, so partial copies pass a view). CUDA graphs
 (``cudaStreamBeginCapture`` / ``cudaStreamEndCapture`` / ``cudaGraphInstantiateWithFlags`` /
 ``cudaGraphLaunch``) are offered through cuda-python only; capture needs a non-default
 stream, hence ``cudaStreamNonBlocking``.
+
+Without an NVIDIA driver, cuda-bindings 12.9+ return an error (``cudaErrorInsufficientDriver``)
+while cuda-python 11.8.7-12.8 raise ``RuntimeError: Failed to dlopen libcuda.so.1``: every call
+goes through :meth:`_CudaPython._call`, which makes both a one-line :class:`CudaError`, so
+:func:`probe_gpu` answers "no CUDA GPU (...)" instead of a traceback.
 """
 from __future__ import annotations
 
@@ -34,11 +39,17 @@ from typing import Any
 import numpy as np
 
 from stpm_edge.errors import StpmError, first_line
-from stpm_edge.runtime.backends.engine_meta import GpuInfo
+from stpm_edge.tensorrt.engine_meta import GpuInfo
 
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install cuda-python (or use the PyCUDA that comes with JetPack)"
+# The cuda-python runtime functions the adapter calls (the conformance test checks them on 12.x and 13.x).
+RUNTIME_CALLS = ("cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaSetDevice", "cudaMalloc", "cudaFree",
+                 "cudaMallocHost", "cudaFreeHost", "cudaStreamCreateWithFlags", "cudaStreamDestroy",
+                 "cudaMemcpyAsync", "cudaStreamSynchronize", "cudaStreamBeginCapture", "cudaStreamEndCapture",
+                 "cudaGraphInstantiateWithFlags", "cudaGraphLaunch", "cudaGraphExecDestroy", "cudaGraphDestroy",
+                 "cudaGetErrorString")
 
 
 class CudaError(StpmError):
@@ -121,7 +132,16 @@ class _CudaPython(CudaApi):
         self.device = device
         self._handle_of: Callable[[Any], int] = handle_of or int
 
-    def _call(self, what: str, result: Any) -> Any:
+    def _call(self, name: str, *args: Any) -> Any:
+        """``rt.<name>(*args)`` → its value(s); CudaError when it returns an error or raises.
+
+        cuda-python 11.8.7-12.8 raise ``RuntimeError: Failed to dlopen libcuda.so.1`` where no
+        NVIDIA driver is installed instead of returning an error; that is a CudaError too.
+        """
+        try:
+            result = getattr(self.rt, name)(*args)
+        except Exception as e:  # noqa: BLE001 - RuntimeError (no driver) or any binding failure
+            raise CudaError(f"CUDA {name} failed: {first_line(e)}") from None
         err, *values = result if isinstance(result, tuple) else (result,)
         if int(err) != 0:
             try:
@@ -129,16 +149,16 @@ class _CudaPython(CudaApi):
                 msg = msg.decode() if isinstance(msg, bytes) else str(msg)
             except Exception:  # noqa: BLE001 - best effort for the message only
                 msg = str(err)
-            raise CudaError(f"CUDA {what} failed: {msg} ({getattr(err, 'name', err)})")
+            raise CudaError(f"CUDA {name} failed: {msg} ({getattr(err, 'name', err)})")
         if not values:
             return None
         return values[0] if len(values) == 1 else tuple(values)
 
     def device_count(self) -> int:
-        return int(self._call("cudaGetDeviceCount", self.rt.cudaGetDeviceCount()))
+        return int(self._call("cudaGetDeviceCount"))
 
     def device_info(self, index: int = 0) -> GpuInfo:
-        props = self._call("cudaGetDeviceProperties", self.rt.cudaGetDeviceProperties(index))
+        props = self._call("cudaGetDeviceProperties", index)
         name = props.name
         name = name.split(b"\0", 1)[0].decode(errors="replace") if isinstance(name, (bytes, bytearray)) else str(name)
         return GpuInfo(name.strip(), f"{props.major}.{props.minor}", index, int(props.totalGlobalMem) // 2**20)
@@ -146,64 +166,64 @@ class _CudaPython(CudaApi):
     @contextlib.contextmanager
     def activate(self) -> Iterator[None]:
         if self.device:  # the runtime API's current device is per host thread
-            self._call("cudaSetDevice", self.rt.cudaSetDevice(self.device))
+            self._call("cudaSetDevice", self.device)
         yield
 
     def malloc(self, nbytes: int) -> int:
-        return int(self._call("cudaMalloc", self.rt.cudaMalloc(max(int(nbytes), 1))))
+        return int(self._call("cudaMalloc", max(int(nbytes), 1)))
 
     def free(self, ptr: int) -> None:
-        self._call("cudaFree", self.rt.cudaFree(ptr))
+        self._call("cudaFree", ptr)
 
     def pinned_empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         dtype = np.dtype(dtype)
         nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
-        ptr = int(self._call("cudaMallocHost", self.rt.cudaMallocHost(nbytes)))
+        ptr = int(self._call("cudaMallocHost", nbytes))
         raw = (ctypes.c_uint8 * nbytes).from_address(ptr)
         arr = np.frombuffer(raw, dtype=np.uint8, count=int(np.prod(shape)) * dtype.itemsize)
         return arr.view(dtype).reshape(shape)
 
     def pinned_free(self, array: np.ndarray) -> None:
-        self._call("cudaFreeHost", self.rt.cudaFreeHost(array.ctypes.data))
+        self._call("cudaFreeHost", array.ctypes.data)
 
     def stream_create(self) -> Any:
         flags = getattr(self.rt, "cudaStreamNonBlocking", 1)
-        return self._call("cudaStreamCreateWithFlags", self.rt.cudaStreamCreateWithFlags(flags))
+        return self._call("cudaStreamCreateWithFlags", flags)
 
     def stream_handle(self, stream: Any) -> int:
         return int(self._handle_of(stream))
 
     def stream_destroy(self, stream: Any) -> None:
-        self._call("cudaStreamDestroy", self.rt.cudaStreamDestroy(stream))
+        self._call("cudaStreamDestroy", stream)
 
     def htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._call("cudaMemcpyAsync", self.rt.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes, kind, stream))
+        self._call("cudaMemcpyAsync", dst, src.ctypes.data, src.nbytes, kind, stream)
 
     def dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._call("cudaMemcpyAsync", self.rt.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes, kind, stream))
+        self._call("cudaMemcpyAsync", dst.ctypes.data, src, dst.nbytes, kind, stream)
 
     def synchronize(self, stream: Any) -> None:
-        self._call("cudaStreamSynchronize", self.rt.cudaStreamSynchronize(stream))
+        self._call("cudaStreamSynchronize", stream)
 
     def capture_begin(self, stream: Any) -> None:
         mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        self._call("cudaStreamBeginCapture", self.rt.cudaStreamBeginCapture(stream, mode))
+        self._call("cudaStreamBeginCapture", stream, mode)
 
     def capture_end(self, stream: Any) -> Any:
-        graph = self._call("cudaStreamEndCapture", self.rt.cudaStreamEndCapture(stream))
+        graph = self._call("cudaStreamEndCapture", stream)
         try:
-            return self._call("cudaGraphInstantiateWithFlags", self.rt.cudaGraphInstantiateWithFlags(graph, 0))
+            return self._call("cudaGraphInstantiateWithFlags", graph, 0)
         finally:
-            self._call("cudaGraphDestroy", self.rt.cudaGraphDestroy(graph))
+            self._call("cudaGraphDestroy", graph)
 
     def graph_launch(self, graph: Any, stream: Any) -> None:
-        self._call("cudaGraphLaunch", self.rt.cudaGraphLaunch(graph, stream))
+        self._call("cudaGraphLaunch", graph, stream)
 
     def graph_destroy(self, graph: Any) -> None:
         if graph is not None:
-            self._call("cudaGraphExecDestroy", self.rt.cudaGraphExecDestroy(graph))
+            self._call("cudaGraphExecDestroy", graph)
 
 
 class _PyCuda(CudaApi):
@@ -296,7 +316,7 @@ def load_cuda(device: int = 0) -> CudaApi:
     for module_name in ("cuda.bindings.runtime", "cuda.cudart"):
         try:
             rt = _import(module_name)
-        except ImportError as e:
+        except Exception as e:  # noqa: BLE001 - ImportError, or a binding that fails while loading
             errors.append(f"{module_name}: {first_line(e)}")
             continue
         handle_of = _native_handle_getter() if module_name == "cuda.bindings.runtime" else None
@@ -318,13 +338,13 @@ def probe_gpu(device: int = 0) -> tuple[GpuInfo | None, str]:
         return None, str(e)
     try:
         count = cuda.device_count()
-    except StpmError as e:
-        return None, f"no CUDA GPU ({e})"
+    except Exception as e:  # noqa: BLE001 - CudaError, or PyCUDA's own error types
+        return None, f"no CUDA GPU ({first_line(e)})"
     if count < 1:
         return None, "no CUDA GPU (the driver reports 0 devices)"
     if device >= count:
         return None, f"no CUDA GPU {device} (the driver reports {count})"
     try:
         return cuda.device_info(device), ""
-    except StpmError as e:
-        return None, f"no CUDA GPU ({e})"
+    except Exception as e:  # noqa: BLE001
+        return None, f"no CUDA GPU ({first_line(e)})"

@@ -39,6 +39,7 @@ ENGINE_FORMAT = "stpm-edge/tensorrt-engine"
 ENGINE_FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 ENGINE_SUFFIX = ".engine"
+CPU_FORM_SUFFIX = ".int8.cpu.onnx"
 
 _VERSION = re.compile(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:[.\-+]?([A-Za-z][\w.\-+]*))?\s*$")
 
@@ -119,8 +120,31 @@ def onnx_path_for(base: Path, precision: str) -> Path:
     return base.with_name(f"{base.name}.onnx") if precision == "fp32" else base.with_name(f"{base.name}.{precision}.onnx")
 
 
+def is_cpu_form(path: Path) -> bool:
+    """``model.int8.cpu.onnx``: ONNX Runtime's x86 INT8 form (uint8 activations with zero-points,
+    ``stpm-calibrate --int8-forms cpu``), which is never a TensorRT engine source."""
+    name = Path(path).name
+    return name.endswith(CPU_FORM_SUFFIX)
+
+
+def no_engine_reason(onnx_path: Path) -> str:
+    """Why ``onnx_path`` has no engine to run: the CPU form never has one, others lack the file."""
+    onnx_path = Path(onnx_path)
+    if is_cpu_form(onnx_path):
+        base = onnx_path.name[: -len(CPU_FORM_SUFFIX)]
+        return (f"{onnx_path.name} is ONNX Runtime's CPU form of the INT8 model (asymmetric uint8, not for "
+                f"TensorRT): no engine is built from it; TensorRT's INT8 source is {base}.int8.onnx")
+    return f"no TensorRT engine {engine_path_for(onnx_path).name} beside {onnx_path.name}"
+
+
 def engine_path_for(model_path: Path, precision: str | None = None) -> Path:
-    """``dir/model.<precision>.engine`` for a model file (precision default: the file's own)."""
+    """``dir/model.<precision>.engine`` for a model file (precision default: the file's own).
+
+    Refuses (one-line StpmError) the CPU INT8 form, which would otherwise name an engine
+    ``model.int8.cpu.fp32.engine``.
+    """
+    if is_cpu_form(Path(model_path)):
+        raise StpmError(no_engine_reason(Path(model_path)))
     base, own = split_model_name(Path(model_path))
     p = precision or own
     if p not in PRECISIONS:
