@@ -26,6 +26,7 @@ anomalib's clipped one, so normalised values differ while decisions agree.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import time
@@ -96,7 +97,7 @@ def read_anomalib_file(path: Path, *, trust: bool = False) -> dict:
         text = first_line(exc, 160)
         if not trust and "weights" in text.lower():
             raise StpmError(f"{path}: refused: it holds Python objects that a safe load (weights_only) does not allow, "
-                            f"as anomalib's exported Torch model.pt does; import the Lightning .ckpt instead, or, "
+                            f"such as anomalib's exported Torch model.pt; import the Lightning .ckpt instead, or, "
                             f"{TRUST_HINT}") from None
         raise StpmError(f"{path}: corrupt checkpoint ({text})") from None
     except ModuleNotFoundError as exc:  # trust: the pickle names classes of a package that is not installed
@@ -246,6 +247,14 @@ def _write_checkpoint(path: Path, backbone: str, layers: tuple[str, ...], image_
     return normalization
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def import_anomalib(source: Path, output: Path, *, data: Path | None = None, trust: bool = False) -> ImportResult:
     """Read, validate and map ``source``; write ``output`` (nothing is written on any error)."""
     t0 = time.perf_counter()
@@ -258,10 +267,8 @@ def import_anomalib(source: Path, output: Path, *, data: Path | None = None, tru
     if imported.thresholds is None and data is None:
         reason = imported.provenance["anomalib_post_processor"].get("reason", "no thresholds")
         raise StpmError(f"{where}: {reason}; pass --data DIR (good images) to measure stpm-edge's own")
-    from stpm_edge.models.checkpoint import file_sha256  # a file helper, not the format
-
     imported.provenance.update({
-        "source": "anomalib", "anomalib_file": Path(source).name, "anomalib_sha256": file_sha256(Path(source)),
+        "source": "anomalib", "anomalib_file": Path(source).name, "anomalib_sha256": _sha256(Path(source)),
         "normalization_source": f"measured on {data}" if data else "anomalib post-processor",
         "stpm_edge": __version__, "torch": str(torch.__version__),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
