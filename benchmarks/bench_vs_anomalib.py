@@ -108,6 +108,8 @@ def bench(name: str, args: argparse.Namespace, tmp: Path) -> dict:
     row = {"backbone": name, "train_s": round(train_s, 1), "anomalib_onnx_opset": opset(theirs),
            "anomalib_outputs": out_names, "ours_opset": opset(ours),
            "image_auroc": {"anomalib_onnx": image_auroc(labels, score_theirs), "ours_fp32": image_auroc(labels, score_ours)},
+           # anomalib's exported scores are normalised and clipped to 0..1: clipped scores tie, which moves AUROC
+           "anomalib_scores_clipped": int(((score_theirs <= 0) | (score_theirs >= 1)).sum()), "test_images": len(paths),
            "ms": {}}
     for batch in args.batches:
         feeds = {"anomalib": (s_theirs, {in_theirs: np.repeat(rgb01[:1], batch, 0)}),
