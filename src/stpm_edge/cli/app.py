@@ -10,6 +10,7 @@ from stpm_edge.cli.capi import capi_app
 from stpm_edge.cli.data import data_app
 from stpm_edge.cli.eval import eval_cmd
 from stpm_edge.cli.export import export_cmd
+from stpm_edge.cli.import_ import import_app
 from stpm_edge.cli.info import info_cmd
 from stpm_edge.cli.run import run_cmd
 from stpm_edge.cli.train import train_cmd
@@ -32,6 +33,7 @@ app.command("bench")(bench_cmd)
 app.command("info")(info_cmd)
 app.add_typer(data_app, name="data")
 app.add_typer(capi_app, name="capi")
+app.add_typer(import_app, name="import")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,1 @@
+"""Interoperability: models trained elsewhere, imported into stpm-edge's checkpoint format."""
