@@ -30,7 +30,7 @@ import torch
 from stpm_edge.data.io import read_image_bgr
 from stpm_edge.data.sample import make_sample_dataset
 from stpm_edge.eval.metrics import image_auroc
-from stpm_edge.export.graph import ExportConfig
+from stpm_edge.models.deploy import ExportConfig
 from stpm_edge.export.onnx_export import export_onnx
 from stpm_edge.interop.anomalib import import_anomalib
 

@@ -93,7 +93,7 @@ def test_anomalib_layout_maps_exactly(tmp_path: Path, name: str):
     res = import_anomalib(save(ckpt, tmp_path / "a.ckpt"), tmp_path / "model.pt")
     model, meta = load_checkpoint(tmp_path / "model.pt")  # weights_only, every name and shape checked again
     assert (meta.config.backbone, meta.config.layers) == (OURS[name], tuple(LAYERS[name]))
-    assert meta.config.image_size == (SIZE, SIZE) and meta.config.blur_sigma == 0.0
+    assert meta.image_size == (SIZE, SIZE) and meta.config.blur_sigma == 0.0
     assert list(meta.mean) == IMAGENET[0] and list(meta.std) == IMAGENET[1]
     assert res.to_dict()["anomalib_model"] == "Stfpm"
     x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
@@ -117,12 +117,12 @@ def test_anomalib_layout_maps_exactly(tmp_path: Path, name: str):
 def test_imported_model_exports_and_runs_on_onnxruntime(tmp_path: Path):
     import onnxruntime as ort
 
-    from stpm_edge.export.graph import ExportConfig
+    from stpm_edge.models.deploy import ExportConfig
     from stpm_edge.export.onnx_export import export_onnx
 
     import_anomalib(save(anomalib_ckpt(), tmp_path / "a.ckpt"), tmp_path / "model.pt")
     model, meta = load_checkpoint(tmp_path / "model.pt")
-    res = export_onnx(tmp_path / "model.pt", tmp_path, ExportConfig(input="float-rgb", fusion="parallel"))
+    res = export_onnx(tmp_path / "model.pt", tmp_path, ExportConfig(input="float-rgb", method_options={"fusion": "parallel"}))
     x = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         amap, score = (t.numpy() for t in model.predict(x))
@@ -391,7 +391,7 @@ def test_pytorch_map_equals_anomalib_torch_model(trained: dict):
 def test_onnx_export_agrees_with_anomalib(trained: dict, input_mode: str, tmp_path: Path):
     import onnxruntime as ort
 
-    from stpm_edge.export.graph import ExportConfig
+    from stpm_edge.models.deploy import ExportConfig
     from stpm_edge.export.onnx_export import export_onnx
 
     x, amap, score, label = _anomalib_outputs(trained)

@@ -26,7 +26,6 @@ anomalib's clipped one, so normalised values differ while decisions agree.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 import time
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 
 from stpm_edge import __version__
+from stpm_edge.artifact import file_sha256
 from stpm_edge.errors import StpmError, first_line
 from stpm_edge.interop.anomalib_parts import (Thresholds, carry_thresholds, map_trunk, parse_backbone,
                                               parse_pre_processor)
@@ -206,18 +206,17 @@ MAPPERS: tuple[Mapper, ...] = (Mapper("Stfpm", "stpm", _is_stfpm, _convert_stfpm
 
 # ---------------------------------------------------------------------------------------- writing
 
-def _measure_normalization(model: torch.nn.Module, preprocess: Any, data: Path) -> Thresholds:
-    """Our own statistics on good images (the trainer's rule: compute_normalization)."""
+def _measure_normalization(model: torch.nn.Module, meta: Any, data: Path) -> Thresholds:
+    """Our own statistics on good images (the method's rule, as the trainer measures them)."""
     from stpm_edge.data.io import read_image_bgr
     from stpm_edge.data.mvtec import load_dataset
     from stpm_edge.data.preprocess import preprocess_images
     from stpm_edge.eval.evaluate import predict
-    from stpm_edge.models.checkpoint import compute_normalization
 
     dataset = load_dataset(data)
-    x = preprocess_images([read_image_bgr(p) for p in dataset.train], preprocess)
-    maps, scores, _ = predict(model, x, "cpu")
-    norm = compute_normalization(scores, maps)
+    x = preprocess_images([read_image_bgr(p) for p in dataset.train], meta.preprocess)
+    maps, scores, _ = predict(model, x, "cpu", method=meta.method)
+    norm = meta.method.normalization(scores, maps)
     return Thresholds(norm.image_threshold, norm.pixel_threshold, norm.min_value)
 
 
@@ -230,29 +229,25 @@ def _write_checkpoint(path: Path, backbone: str, layers: tuple[str, ...], image_
 
     ``measure_on`` (good images) replaces ``normalization`` by our own statistics. Returns the
     thresholds written."""
-    from stpm_edge.models.checkpoint import ModelMeta, Normalization, save_checkpoint
-    from stpm_edge.models.stpm.model import STPM, STPMConfig
+    from stpm_edge.data.preprocess import PreprocessSpec
+    from stpm_edge.models.checkpoint import ModelMeta, save_checkpoint
+    from stpm_edge.models.normalization import Normalization
+    from stpm_edge.models.registry import get_method
 
-    model = STPM.build(STPMConfig(backbone, tuple(layers), tuple(image_size), blur_sigma), pretrained=False)
-    model.teacher.load_state_dict(teacher_state, strict=True)
-    model.student.load_state_dict(student_state, strict=True)
-    meta = ModelMeta(model.config, tuple(mean), tuple(std), "stpm", None, provenance)
+    method = get_method("stpm")
+    config = method.config_from_dict({"backbone": backbone, "layers": list(layers), "blur_sigma": blur_sigma},
+                                     str(path))
+    model = method.build(config, tuple(image_size), pretrained=False)
+    method.load_state(model, {"teacher": teacher_state, "student": student_state}, str(path))
+    meta = ModelMeta("stpm", config, PreprocessSpec(tuple(image_size), tuple(mean), tuple(std)), None, provenance)
     if measure_on is not None:
-        normalization = _measure_normalization(model.eval(), meta.preprocess, measure_on)
+        normalization = _measure_normalization(model.eval(), meta, measure_on)
     if normalization is None:
         raise StpmError("no normalisation statistics to write")
     meta.normalization = Normalization(normalization.image_threshold, normalization.pixel_threshold,
                                        normalization.min_value)
     save_checkpoint(Path(path), model, meta)
     return normalization
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def import_anomalib(source: Path, output: Path, *, data: Path | None = None, trust: bool = False) -> ImportResult:
@@ -268,7 +263,7 @@ def import_anomalib(source: Path, output: Path, *, data: Path | None = None, tru
         reason = imported.provenance["anomalib_post_processor"].get("reason", "no thresholds")
         raise StpmError(f"{where}: {reason}; pass --data DIR (good images) to measure stpm-edge's own")
     imported.provenance.update({
-        "source": "anomalib", "anomalib_file": Path(source).name, "anomalib_sha256": _sha256(Path(source)),
+        "source": "anomalib", "anomalib_file": Path(source).name, "anomalib_sha256": file_sha256(Path(source)),
         "normalization_source": f"measured on {data}" if data else "anomalib post-processor",
         "stpm_edge": __version__, "torch": str(torch.__version__),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
