@@ -8,6 +8,7 @@ from stpm_edge.errors import StpmError
 # One line per method: name → "module:Class".
 METHODS: dict[str, str] = {
     "stpm": "stpm_edge.models.stpm.method:STPMMethod",
+    "rstpm": "stpm_edge.models.rstpm.method:RSTPMMethod",
 }
 DEFAULT_METHOD = "stpm"
 
