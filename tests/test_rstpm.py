@@ -134,7 +134,8 @@ def test_holdout_loss_is_deterministic_and_train_step_trains_both_students(metho
 
 
 def test_config_options_and_validation(method):
-    cfg = method.make_config(MethodOptions(extra={"teacher_b": "efficientnet_lite2", "weight_b": 2}), SIZE)
+    cfg = method.make_config(MethodOptions(extra={"teacher_b": "efficientnet_lite2", "student_b": "efficientnet_lite2",
+                                                  "weight_b": 2}), SIZE)
     assert cfg.teacher_b == "efficientnet_lite2" and cfg.weight_b == 2.0
     assert RSTPMConfig.from_dict(cfg.to_dict(), "x") == cfg
     with pytest.raises(StpmError, match="different teacher"):
@@ -143,6 +144,10 @@ def test_config_options_and_validation(method):
         method.make_config(MethodOptions(extra={"bogus": 1}), SIZE)
     with pytest.raises(StpmError, match="normalisations"):
         method.make_config(MethodOptions(backbone="resnet18"), SIZE)
+    with pytest.raises(StpmError, match="channels"):
+        method.make_config(MethodOptions(extra={"teacher_b": "efficientnet_lite2"}), SIZE)
+    assert method.make_config(MethodOptions(extra={"teacher_b": "efficientnet_lite2", "student_b": "efficientnet_lite2"}),
+                              SIZE).student_b == "efficientnet_lite2"
     with pytest.raises(StpmError, match="combine"):
         RSTPMConfig(combine="sum").resolved()
 
@@ -209,9 +214,4 @@ def test_export_matches_pytorch_and_is_tensorrt_85_parseable(rstpm_model, brick_
     assert all(any(n.name.startswith(s) for n in graph.graph.node) for s in scopes), scopes
     head = [n for n in graph.graph.node if not any(n.name.startswith(s) for s in scopes)]
     assert any(n.op_type == "Sqrt" for n in head)  # the norms stay outside the low-precision regions
-    if fusion == "stacked":
-        un = rstpm_method._unstack_pair_a(graph, scopes)
-        assert {n.op_type for n in un.model.graph.node} <= TRT85_SUPPORTED_OPS
-    else:
-        with pytest.raises(ValueError):
-            rstpm_method._unstack_pair_a(graph, scopes)
+    assert get_method("rstpm").onnx_rewrites() == {}  # see RSTPMMethod.onnx_rewrites

@@ -40,6 +40,9 @@ class RSTPMConfig:
         s_strides = [spec_s.stride(n) for n in layers_b]
         if s_strides != [spec_t.stride(n) for n in layers_b]:
             raise StpmError(f"student_b {self.student_b} and teacher_b {self.teacher_b} differ in level strides")
+        if [spec_s.channel(n) for n in layers_b] != [spec_t.channel(n) for n in layers_b]:
+            raise StpmError(f"student_b {self.student_b} and teacher_b {self.teacher_b} differ in level channels "
+                            f"(use student_b={self.teacher_b})")
         blur = float(self.blur_sigma)
         if not (math.isfinite(blur) and 0.0 <= blur <= MAX_BLUR):
             raise StpmError(f"--blur {self.blur_sigma}: expected a number in 0..{MAX_BLUR:g} (0 = off)")

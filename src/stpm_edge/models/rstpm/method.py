@@ -24,7 +24,6 @@ from stpm_edge.models.rstpm.loss import rstpm_loss_per_image
 from stpm_edge.models.rstpm.model import RSTPM
 from stpm_edge.models.stpm.config import STPMRecipe
 from stpm_edge.models.stpm.fusion import FUSIONS, ParallelTrunks, build_trunks
-from stpm_edge.models.stpm.unstack import NotStacked, unstack
 
 PARTS = ("teacher_a", "student_a", "teacher_b", "student_b")
 OPTIONS = ("teacher_b", "student_b", "layers_b", "weight_b", "p_anomaly", "combine")
@@ -149,7 +148,11 @@ class RSTPMMethod(Method):
         return pair_a + ("pair_b/teacher", "pair_b/student")
 
     def onnx_rewrites(self) -> dict[str, Callable[[Any, tuple[str, ...]], Any]]:
-        return {"int8.cpu": _unstack_pair_a}
+        # None: STPM's unstacking needs pair A's trunk alone in its scope, but the exported graph
+        # shares the input's same-padding Pad between pair A and pair B (ONNX Runtime's common-
+        # subexpression pass), so it is not folded into pair A's first Conv and the rewrite would
+        # refuse the graph. The cpu INT8 form is quantized from the graph as exported.
+        return {}
 
 
 def _number(name: str, value: Any) -> float:
@@ -157,12 +160,3 @@ def _number(name: str, value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise StpmError(f"--opt {name}={value}: expected a number") from None
-
-
-def _unstack_pair_a(model: Any, scopes: tuple[str, ...]) -> Any:
-    """The CPU INT8 form quantizes pair A's stacked trunk as two trunks (STPM's rewrite, on
-    pair A's scope only; pair B's parallel branches are left as they are)."""
-    stacked = [s for s in scopes if s.rstrip("/").endswith("pair_a/trunk")]
-    if len(stacked) != 1:
-        raise NotStacked("pair A is not stacked (parallel trunks)")
-    return unstack(model, stacked[0])
