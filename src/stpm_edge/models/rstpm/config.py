@@ -24,6 +24,7 @@ class RSTPMConfig:
     weight_b: float = 1.0  # weight of the reconstruction loss
     p_anomaly: float = 0.5  # share of student B's training images given a synthetic anomaly
     combine: str = "product"
+    exponent_b: float = 1.0  # fused map = map_A · map_B^exponent_b (1: the product of the six level maps)
 
     def resolved(self) -> "RSTPMConfig":
         """Validated, with the levels resolved (one-line StpmError)."""
@@ -50,15 +51,19 @@ class RSTPMConfig:
             raise StpmError(f"weight_b {self.weight_b}: must be a positive number")
         if not 0.0 <= float(self.p_anomaly) <= 1.0:
             raise StpmError(f"p_anomaly {self.p_anomaly}: must be in 0..1")
+        if not (math.isfinite(float(self.exponent_b)) and 0.0 < float(self.exponent_b) <= 4.0):
+            raise StpmError(f"exponent_b {self.exponent_b}: must be in (0, 4]")
         if self.combine not in COMBINES:
             raise StpmError(f"combine {self.combine}: choose from {', '.join(COMBINES)}")
         return RSTPMConfig(self.backbone, resolve_layers(spec_a, self.layers or None), self.teacher_b,
-                           self.student_b, layers_b, blur, float(self.weight_b), float(self.p_anomaly), self.combine)
+                           self.student_b, layers_b, blur, float(self.weight_b), float(self.p_anomaly), self.combine,
+                           float(self.exponent_b))
 
     def to_dict(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "layers": list(self.layers), "teacher_b": self.teacher_b,
                 "student_b": self.student_b, "layers_b": list(self.layers_b), "blur_sigma": float(self.blur_sigma),
-                "weight_b": float(self.weight_b), "p_anomaly": float(self.p_anomaly), "combine": self.combine}
+                "weight_b": float(self.weight_b), "p_anomaly": float(self.p_anomaly), "combine": self.combine,
+                "exponent_b": float(self.exponent_b)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str) -> "RSTPMConfig":
@@ -69,12 +74,14 @@ class RSTPMConfig:
             v = d.get(key)
             if not isinstance(v, (list, tuple)) or not all(isinstance(s, str) for s in v):
                 raise StpmError(f"{where}: config {key!r} must be a list of level names")
-        for key in ("blur_sigma", "weight_b", "p_anomaly"):
+        d = {**d, "exponent_b": d.get("exponent_b", 1.0)}
+        for key in ("blur_sigma", "weight_b", "p_anomaly", "exponent_b"):
             v = d.get(key)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise StpmError(f"{where}: config {key!r} must be a number")
         try:
             return cls(d["backbone"], tuple(d["layers"]), d["teacher_b"], d["student_b"], tuple(d["layers_b"]),
-                       float(d["blur_sigma"]), float(d["weight_b"]), float(d["p_anomaly"]), d["combine"]).resolved()
+                       float(d["blur_sigma"]), float(d["weight_b"]), float(d["p_anomaly"]), d["combine"],
+                       float(d["exponent_b"])).resolved()
         except StpmError as e:
             raise StpmError(f"{where}: {e}") from None

@@ -26,7 +26,7 @@ from stpm_edge.models.stpm.config import STPMRecipe
 from stpm_edge.models.stpm.fusion import FUSIONS, ParallelTrunks, build_trunks
 
 PARTS = ("teacher_a", "student_a", "teacher_b", "student_b")
-OPTIONS = ("teacher_b", "student_b", "layers_b", "weight_b", "p_anomaly", "combine")
+OPTIONS = ("teacher_b", "student_b", "layers_b", "weight_b", "p_anomaly", "combine", "exponent_b")
 
 
 class RSTPMInference(nn.Module):
@@ -38,7 +38,7 @@ class RSTPMInference(nn.Module):
         self.combine = model.config.combine
         self.pair_a = build_trunks(model.teacher_a, model.student_a, fusion)
         self.pair_b = ParallelTrunks(model.teacher_b, model.student_b)  # different architectures: parallel
-        self.head = RSTPMHead(model.image_size, blur_sigma, self.combine)
+        self.head = RSTPMHead(model.image_size, blur_sigma, self.combine, model.config.exponent_b)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ta, sa = self.pair_a(x) if self.combine != "b" else ([], [])
@@ -69,7 +69,8 @@ class RSTPMMethod(Method):
             blur_sigma=d.blur_sigma if options.blur_sigma is None else options.blur_sigma,
             weight_b=_number("weight_b", extra.get("weight_b", d.weight_b)),
             p_anomaly=_number("p_anomaly", extra.get("p_anomaly", d.p_anomaly)),
-            combine=str(extra.get("combine", d.combine)))
+            combine=str(extra.get("combine", d.combine)),
+            exponent_b=_number("exponent_b", extra.get("exponent_b", d.exponent_b)))
         return cfg.resolved()
 
     def config_to_dict(self, config: RSTPMConfig) -> dict[str, Any]:

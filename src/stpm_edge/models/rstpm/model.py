@@ -30,7 +30,7 @@ class RSTPM(nn.Module):
         self.pair_a = pair_a
         self.teacher_b = teacher_b
         self.student_b = student_b
-        self.head = RSTPMHead(self.image_size, config.blur_sigma, config.combine)
+        self.head = RSTPMHead(self.image_size, config.blur_sigma, config.combine, config.exponent_b)
         for p in self.teacher_b.parameters():
             p.requires_grad_(False)
         self.teacher_b.eval()
