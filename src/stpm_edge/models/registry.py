@@ -9,6 +9,7 @@ from stpm_edge.errors import StpmError
 METHODS: dict[str, str] = {
     "stpm": "stpm_edge.models.stpm.method:STPMMethod",
     "cfa": "stpm_edge.models.cfa.method:CFAMethod",
+    "rstpm": "stpm_edge.models.rstpm.method:RSTPMMethod",
 }
 DEFAULT_METHOD = "stpm"
 

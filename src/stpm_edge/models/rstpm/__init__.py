@@ -1,0 +1,1 @@
+"""RSTPM (Yamada & Hotta, 2021): STPM plus a reconstruction student with attention."""
