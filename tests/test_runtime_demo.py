@@ -12,7 +12,7 @@ from stpm_edge.cli.app import app
 from stpm_edge.apps.demo import (DemoConfig, build_demo, calibrated_threshold, demo_cache_dir, demo_plan,
                                     demo_report)
 
-TINY = ["--demo-image-size", "64", "--demo-epochs", "1", "--demo-frames", "16"]
+TINY = ["--demo-image-size", "64", "--demo-budget", "1", "--demo-frames", "16"]
 
 
 def test_demo_builds_once_then_starts_from_the_cache(tmp_path, monkeypatch):
@@ -43,7 +43,7 @@ def test_demo_builds_once_then_starts_from_the_cache(tmp_path, monkeypatch):
 
 
 def test_build_demo_api_and_helpers(tmp_path):
-    cfg = DemoConfig(image_size=64, epochs=1, n_train=8, frames=6, period=3, first=1)
+    cfg = DemoConfig(image_size=64, budget_s=0.5, epochs=1, n_train=8, frames=6, period=3, first=1)
     assets = build_demo(tmp_path, cfg)
     assert not assets.cached and assets.defect_frames == [1, 4] and assets.model.is_file()
     assert [d["kind"] for d in assets.manifest["defects"]] == ["scratch", "spot"]
