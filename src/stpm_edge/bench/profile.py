@@ -107,3 +107,38 @@ def profile_ort(path: Path, feed: dict[str, np.ndarray], scopes: Sequence[str], 
     spans = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     cut = spans[-runs]["ts"] if len(spans) >= runs else 0
     return parse_profile([e for e in events if e.get("ts", 0) >= cut], scopes)
+
+
+def add_region_columns(results: list[dict[str, Any]], fp32_onnx: Path | None, scopes: Sequence[str],
+                       peaks: Sequence[Any], threads: int, runs: int = 30) -> None:
+    """Per ONNX Runtime CPU row (in place): ``outside_share`` (fraction of the profiled frame
+    outside the regions), ``trunk_gflops`` (the regions' FLOP per frame over their kernel time)
+    and ``trunk_peak_share`` (of the row's precision's measured matmul peak). Other rows: None."""
+    from stpm_edge.bench.peak import peak_for  # noqa: PLC0415
+
+    gflop = None
+    if fp32_onnx is not None and scopes:
+        try:
+            gflop = region_gflop(onnx.load(str(fp32_onnx)), scopes)
+        except Exception:  # noqa: BLE001 - shape inference failures: leave the column empty
+            gflop = None
+    for r in results:
+        r.update({"outside_share": None, "trunk_gflops": None, "trunk_peak_share": None, "profile": None})
+        if r["backend"] != "onnxruntime" or r["device"] != "cpu" or not scopes:
+            continue
+        sess_input = onnx.load(r["file"], load_external_data=False).graph.input[0]
+        dims = [d.dim_value or r["batch"] for d in sess_input.type.tensor_type.shape.dim]
+        dtype = np.uint8 if sess_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8 else np.float32
+        x = (np.random.default_rng(0).integers(0, 256, dims) if dtype == np.uint8
+             else np.random.default_rng(0).standard_normal(dims)).astype(dtype)
+        try:
+            prof = profile_ort(Path(r["file"]), {sess_input.name: x}, scopes, threads=threads, runs=runs)
+        except Exception:  # noqa: BLE001 - a profile is extra information; never end the run
+            continue
+        r["profile"] = prof.to_dict()
+        r["outside_share"] = round(prof.outside_share, 4)
+        if gflop and prof.region_ms > 0:
+            rate = gflop * dims[0] / (prof.region_ms / 1000.0)
+            peak = peak_for(peaks, r["device"], r["precision"])
+            r["trunk_gflops"] = round(rate, 1)
+            r["trunk_peak_share"] = None if peak is None else round(rate / peak.gflops, 4)
