@@ -2,7 +2,7 @@
 latency of the whole exported FP32 graph, with the share of the frame outside the trunks.
 
     python benchmarks/bench_head.py brick=brick.pt:data/brick grass=grass.pt:data/grass ...
-    python benchmarks/bench_head.py --timing-only resnet18 --data data/brick
+    python benchmarks/bench_head.py --timing-only resnet18
 
 The head has no weights, so one checkpoint serves both: ``model`` (every level upsampled to the
 input size, product, blur σ, max at 256²) and ``feature`` (levels on the finest level's grid,
