@@ -7,7 +7,7 @@ from typing import Any
 from rich.table import Table
 
 COLUMNS = ("row", "dev", "batch", "p50 ms", "p90 ms", "p99 ms", "frames/s", "× torch", "GFLOP/s", "% peak",
-           "RSS MiB", "+MiB")
+           "outside trunks", "trunk GFLOP/s", "trunk % peak", "RSS MiB", "+MiB")
 
 
 def _f(v: Any, fmt: str = ".1f", none: str = "–") -> str:
@@ -26,7 +26,8 @@ def row_cells(r: dict[str, Any], note_mark: str = "") -> list[str]:
     lat = r["latency_ms"]
     return [r["label"] + note_mark, r["device"], str(r["batch"]), _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]),
             _f(r["throughput_fps"]), _ratio(r["speedup_vs_torch"]), _f(r["achieved_gflops"], ".0f"),
-            _share(r["peak_share"]), _f(r["peak_rss_mib"], ".0f"), _f(r["added_rss_mib"], "+.0f")]
+            _share(r["peak_share"]), _share(r.get("outside_share")), _f(r.get("trunk_gflops"), ".0f"),
+            _share(r.get("trunk_peak_share")), _f(r["peak_rss_mib"], ".0f"), _f(r["added_rss_mib"], "+.0f")]
 
 
 def _notes(report: dict[str, Any]) -> tuple[dict[int, str], list[str]]:
@@ -134,6 +135,9 @@ def markdown(report: dict[str, Any], *, heading: str | None = None) -> str:
             lines.append(f"  - {what}: {k['reason']}")
     lines.append("- × torch: PyTorch eager FP32 p50 / row p50 (same device and batch). GFLOP/s: GFLOP/frame × "
                  "frames/s; % peak: of the matrix-multiply peak of the row's device and precision (INT8: GOP/s). "
+                 "outside trunks: share of the ONNX Runtime-profiled frame outside the low-precision regions "
+                 "(preprocessing, head, normalisation, gaps); trunk GFLOP/s: the regions' FLOP over their "
+                 "kernel time, and its share of the same peak (ONNX Runtime CPU rows only). "
                  f"{rss_note(report)}.")
     lines.append(f"- {peaks_line(report)}.")
     for w in report.get("warnings", []):

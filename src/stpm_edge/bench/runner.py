@@ -60,6 +60,7 @@ class BenchConfig:
     calib: Path | None = None
     calib_count: int | None = None
     measure_peak: bool = True
+    profile: bool = True  # ORT CPU rows: profile once more for the time outside the trunks (bench/profile.py)
     isolate: bool = False  # each loaded backend in a fresh process (clean peak RSS; ~3 s more per backend)
     work_dir: Path | None = None  # where a .pt is exported (default: a temporary folder)
 
@@ -283,6 +284,11 @@ def run_bench(cfg: BenchConfig, status: Status = lambda text, done, total: None)
             tmp.cleanup()
     refs = {(r.combo.device, r.combo.batch): r for r in rows if is_reference(r.combo)}
     results = [row_dict(r, gflop, peaks, refs.get((r.combo.device, r.combo.batch))) for r in rows]
+    if cfg.profile and results:
+        from stpm_edge.bench.profile import add_region_columns  # noqa: PLC0415
+
+        status("profiling the time outside the trunks (ONNX Runtime CPU rows)", len(combos), len(combos))
+        add_region_columns(results, files.onnx.get("fp32"), tuple(meta.lowp.int8), peaks, threads)
     machine["load_average_end"] = load_average()
     warning = busy_warning(machine.get("load_average"), machine.get("usable_cpus"))
     return {

@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
 
 from stpm_edge.artifact import ModelMetadata, parse_metadata
 from stpm_edge.artifact.metadata import in_scopes
+from stpm_edge.calibration.qdq_form import align_activation_inputs, check_tensorrt_form  # noqa: F401 (re-exported)
 from stpm_edge.calibration.reader import CalibrationFrames, OrtReader
 from stpm_edge.errors import StpmError, first_line
 
@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 METHODS = ("minmax", "entropy", "percentile")
 FORMS = ("tensorrt", "cpu")
 KEEP_FLOAT = ("first", "last")
+CPU_FORMATS = ("qdq", "qoperator")
 FORM_SUFFIX = {"tensorrt": "", "cpu": ".cpu"}  # model.int8.onnx, model.int8.cpu.onnx
 _NOT_QUANTIZED = {"Slice"}  # splits of fused branches at a region's border
 # Entropy calibration as TensorRT's does it: 2048-bin histograms, the clipping threshold chosen by
@@ -67,6 +68,11 @@ class QuantizeOptions:
     method: str = "minmax"
     keep_float: tuple[str, ...] = ()
     percentile: float = 99.999
+    # The cpu form (ONNX Runtime x86) only; the TensorRT form is fixed by what TensorRT parses.
+    cpu_format: str = "qdq"  # qdq | qoperator (QLinearConv etc. written directly)
+    cpu_per_channel: bool = True  # per-output-channel weight scales (False: one scale per weight tensor)
+    cpu_reduce_range: bool = False  # 7-bit weights (for CPUs without VNNI, against u8×s8 saturation)
+    cpu_quantize_bias: bool = False  # int32 biases, so a Conv with bias fuses into one QLinearConv
 
     def validated(self) -> QuantizeOptions:
         if self.method not in METHODS:
@@ -76,6 +82,8 @@ class QuantizeOptions:
             raise StpmError(f"keep-float {', '.join(bad)!r}: expected first, last or a trunk module name like stages.0")
         if not 90.0 <= self.percentile < 100.0:
             raise StpmError(f"percentile {self.percentile}: expected 90 <= p < 100")
+        if self.cpu_format not in CPU_FORMATS:
+            raise StpmError(f"cpu INT8 format {self.cpu_format!r}: expected one of {', '.join(CPU_FORMATS)}")
         return self
 
 
@@ -215,8 +223,13 @@ def quantize(fp32_path: Path, frames: CalibrationFrames, outputs: dict[str, Path
     if options.method == "percentile":
         extra_common["CalibPercentile"] = options.percentile
     forms = {
-        "tensorrt": dict(activation_type=q.QuantType.QInt8, extra={"ActivationSymmetric": True}),
-        "cpu": dict(activation_type=q.QuantType.QUInt8, extra={"ActivationSymmetric": False}),
+        "tensorrt": dict(activation_type=q.QuantType.QInt8, extra={"ActivationSymmetric": True},
+                         quant_format=q.QuantFormat.QDQ, per_channel=True, reduce_range=False),
+        "cpu": dict(activation_type=q.QuantType.QUInt8,
+                    extra={"ActivationSymmetric": False, "QuantizeBias": options.cpu_quantize_bias,
+                           "QDQDisableWeightAdjustForInt32Bias": not options.cpu_quantize_bias},
+                    quant_format=q.QuantFormat.QOperator if options.cpu_format == "qoperator" else q.QuantFormat.QDQ,
+                    per_channel=options.cpu_per_channel, reduce_range=options.cpu_reduce_range),
     }
     has_cache = "calibration_cache_path" in inspect.signature(q.quantize_static).parameters
     reader = OrtReader(frames, on_batch=progress)
@@ -253,9 +266,10 @@ def quantize(fp32_path: Path, frames: CalibrationFrames, outputs: dict[str, Path
             kwargs = {"calibration_cache_path": str(form_cache)} if has_cache else {}
             with _quiet_root_logger():
                 try:
+                    f = forms[form]
                     q.quantize_static(
-                        str(source), str(out), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
-                        reduce_range=False, activation_type=forms[form]["activation_type"],
+                        str(source), str(out), reader, quant_format=f["quant_format"], per_channel=f["per_channel"],
+                        reduce_range=f["reduce_range"], activation_type=f["activation_type"],
                         weight_type=q.QuantType.QInt8, nodes_to_quantize=form_names,
                         calibrate_method=_method(q, options.method),
                         extra_options={**extra_common, **forms[form]["extra"]}, **kwargs)
@@ -271,47 +285,6 @@ def quantize(fp32_path: Path, frames: CalibrationFrames, outputs: dict[str, Path
             if align_activation_inputs(written):
                 onnx.save(written, str(out))
     return QuantizeReport(names, keep, time.perf_counter() - t0)
-
-
-def align_activation_inputs(model: onnx.ModelProto) -> int:
-    """Give the input of every quantized Clip/Relu the quantization of its output, in place;
-    returns how many were changed.
-
-    A convolution followed by ReLU/ReLU6 is one fused layer for TensorRT and ONNX Runtime, so
-    its output should be quantized on the activation's range ([0, 6] for ReLU6), not on the
-    raw convolution's (20-67 on the sample model: 4-10x coarser steps). ONNX Runtime's
-    quantizer does this itself from 1.20 on; up to 1.19 (the last for Python 3.8, so JetPack 5)
-    it skips it for symmetric activations, which cost the TensorRT form 10 pt of image AUROC
-    on the test model. Only an input with no other consumer is changed, as ONNX Runtime does.
-    """
-    inits = {t.name: t for t in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    consumers = _consumers(model)
-    changed = 0
-    for node in model.graph.node:
-        if node.op_type not in ("Clip", "Relu") or not node.input:
-            continue
-        dq_in = producer.get(node.input[0])
-        q_in = producer.get(dq_in.input[0]) if dq_in is not None and dq_in.op_type == "DequantizeLinear" else None
-        outs = consumers.get(node.output[0], [])
-        if q_in is None or q_in.op_type != "QuantizeLinear" or len(outs) != 1 or outs[0].op_type != "QuantizeLinear":
-            continue
-        q_out = outs[0]
-        raw = q_in.input[0]
-        if len(consumers.get(raw, [])) != 1 or len(consumers.get(q_in.output[0], [])) != 1:
-            continue  # the convolution's output (or its quantized form) is read elsewhere too
-        params_in, params_out = list(q_in.input[1:3]), list(q_out.input[1:3])
-        if list(dq_in.input[1:3]) != params_in or len(params_in) != len(params_out):
-            continue
-        pairs = list(zip(params_in, params_out))
-        if not all(a in inits and b in inits and len(consumers.get(a, [])) == 2 for a, b in pairs):
-            continue  # a parameter shared beyond this Q/DQ pair: leave it
-        values = [(a, numpy_helper.to_array(inits[b])) for a, b in pairs]
-        if any(not np.array_equal(numpy_helper.to_array(inits[a]), v) for a, v in values):
-            for a, v in values:
-                inits[a].CopyFrom(numpy_helper.from_array(v, a))
-            changed += 1
-    return changed
 
 
 def _cpu_source(fp32_path: Path, model: onnx.ModelProto, meta: ModelMetadata, names: list[str], cache: Path,
@@ -363,37 +336,3 @@ def _quiet_root_logger() -> Iterator[None]:
             yield
     finally:
         root.setLevel(level)
-
-
-def check_tensorrt_form(model: onnx.ModelProto) -> list[str]:
-    """Why TensorRT would reject this Q/DQ graph (empty list: it is in the accepted form).
-
-    TensorRT's explicit quantization needs int8 Q/DQ with explicit zero-points that are all 0,
-    per-tensor scales for activations (per-axis only for constant weights) and no
-    DequantizeLinear of int32 biases.
-    """
-    inits = {t.name: t for t in model.graph.initializer}
-    problems: list[str] = []
-    for n in model.graph.node:
-        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        if n.domain not in ("", "ai.onnx"):
-            problems.append(f"{n.name}: {n.domain} domain (TensorRT parses only standard Q/DQ)")
-        if len(n.input) < 3 or not n.input[2]:
-            problems.append(f"{n.name}: no explicit zero-point")
-            continue
-        zp = inits.get(n.input[2])
-        if zp is None:
-            problems.append(f"{n.name}: zero-point is not a constant")
-            continue
-        if zp.data_type != TensorProto.INT8:
-            kind = "int32 bias" if zp.data_type == TensorProto.INT32 else TensorProto.DataType.Name(zp.data_type)
-            problems.append(f"{n.name}: {kind} quantization (TensorRT needs int8)")
-        if np.any(numpy_helper.to_array(zp) != 0):
-            problems.append(f"{n.name}: non-zero zero-point (TensorRT needs symmetric quantization)")
-        scale = inits.get(n.input[1])
-        per_axis = scale is not None and numpy_helper.to_array(scale).size > 1
-        weight = n.op_type == "DequantizeLinear" and n.input[0] in inits
-        if per_axis and not weight:
-            problems.append(f"{n.name}: per-axis scale on an activation (TensorRT needs per-tensor)")
-    return problems

@@ -142,3 +142,25 @@ def _fail() -> None:
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+def parse_options(items: list[str]) -> dict:
+    """``--opt key=value`` (repeatable) → {key: value}; numbers and true/false are converted."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise StpmError(f"--opt {item!r}: expected KEY=VALUE")
+        v: object = value.strip()
+        low = str(v).lower()
+        if low in ("true", "false"):
+            v = low == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    v = cast(value)
+                    break
+                except ValueError:
+                    pass
+        out[key.strip()] = v
+    return out

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from stpm_edge.cli.calibrate import (CALIB_COUNT, CALIB_METHOD, INT8_FORMS, KEEP_FLOAT_OPT, MAX_AUROC_DROP, SEED,
                                      VAL, int8_plan, print_int8, rich_stages, stage_progress)
-from stpm_edge.cli.common import console, print_json, setup_logging, user_errors
+from stpm_edge.cli.common import console, parse_options, print_json, setup_logging, user_errors
 from stpm_edge.errors import StpmError
 from stpm_edge.models.deploy import ExportConfig
 
@@ -31,13 +31,16 @@ def export_cmd(
     input_mode: str = typer.Option("uint8-bgr", "--input", help="uint8-bgr: raw NHWC BGR camera frames, preprocessing "
                                    "in-graph; float-rgb: normalised NCHW RGB at the model size (as anomalib exports)."),
     frame_size: Optional[str] = typer.Option(None, help="Camera frame size WxH for uint8-bgr input (default: the model size)."),
-    map_size: str = typer.Option("model", help="anomaly_map size: model (the model input size) or frame."),
+    map_size: str = typer.Option("model", help="anomaly_map size: model (the model input size), frame, or feature "
+                                 "(the method's own map, e.g. STPM's feature head grid; the runtime resizes it)."),
     batch: int = typer.Option(1, help="Fixed batch size."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Symbolic batch dimension instead of --batch."),
     opset: int = typer.Option(17, help="ONNX opset (TensorRT 8.5 on JetPack 5 parses up to 17)."),
     blur: Optional[bool] = typer.Option(None, "--blur/--no-blur", help="Override the checkpoint's anomaly-map blur."),
     fusion: Optional[str] = typer.Option(None, help="STPM: teacher+student form, stacked (one trunk, grouped "
                                          "convolutions; the default) or parallel."),
+    opt: List[str] = typer.Option([], "--opt", help="Method export option KEY=VALUE (repeatable), e.g. STPM's "
+                                  "head=feature|model (default: as trained)."),
     name: str = typer.Option("model", help="Base name of the output files."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write <name>.fp16.onnx: trunks in FP16, head FP32."),
     int8: bool = typer.Option(False, "--int8", help="Also write INT8 Q/DQ variants calibrated on --calib images."),
@@ -87,8 +90,10 @@ def export_cmd(
                               dla_core=dla_core, int8_mode=trt_int8, calib_dir=calib, calib_count=calib_count,
                               calib_seed=seed, calib_method=calib_method if calib_method != "percentile" else "entropy",
                               verbose=verbose)
-    cfg = ExportConfig(input_mode, parse_size(frame_size), map_size, batch, dynamic_batch, opset, blur,
-                       {"fusion": fusion} if fusion else {})
+    method_options = parse_options(opt)
+    if fusion:
+        method_options["fusion"] = fusion
+    cfg = ExportConfig(input_mode, parse_size(frame_size), map_size, batch, dynamic_batch, opset, blur, method_options)
     triton_options = None
     if triton is not None:
         from stpm_edge.triton.repo import TritonOptions  # noqa: PLC0415

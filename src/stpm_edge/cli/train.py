@@ -7,33 +7,11 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from stpm_edge.cli.common import console, print_json, setup_logging, user_errors
+from stpm_edge.cli.common import console, parse_options, print_json, setup_logging, user_errors
 from stpm_edge.errors import StpmError
 from stpm_edge.models.backbones import BACKBONES
 from stpm_edge.models.registry import DEFAULT_METHOD, method_names
 from stpm_edge.train.trainer import EpochLog, TrainConfig, TrainInterrupted, train, validate_config
-
-
-def parse_options(items: list[str]) -> dict:
-    """``--opt key=value`` (repeatable) → {key: value}; numbers and true/false are converted."""
-    out: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise StpmError(f"--opt {item!r}: expected KEY=VALUE")
-        v: object = value.strip()
-        low = str(v).lower()
-        if low in ("true", "false"):
-            v = low == "true"
-        else:
-            for cast in (int, float):
-                try:
-                    v = cast(value)
-                    break
-                except ValueError:
-                    pass
-        out[key.strip()] = v
-    return out
 
 
 def _fmt(v: float | None) -> str:

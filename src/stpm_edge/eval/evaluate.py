@@ -1,8 +1,9 @@
 """Run a model (PyTorch checkpoint, or an exported model through a runtime backend) over a
 dataset's test split and compute the MVTec AD metrics.
 
-Maps are compared with the ground truth at the maps' own size (the model input size, or the
-frame size for an export with ``--map-size frame``); masks are resized with
+Maps are compared with the ground truth at the maps' own size (the model input size — a
+method's smaller map, e.g. at feature resolution, is first resized to it bilinearly, as export
+does by default — or the frame size for an export with ``--map-size frame``); masks are resized with
 nearest-neighbour, as anomalib does. Image scores are the model's image scores.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from stpm_edge.data.mvtec import Dataset, TestSample, load_test_sample
 from stpm_edge.data.preprocess import preprocess_images
@@ -74,14 +76,18 @@ def load_test(samples: Sequence[TestSample], progress: Callable[[int], None] | N
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 16,
             progress: Callable[[int], None] | None = None, *, method) -> tuple[np.ndarray, np.ndarray, float]:
-    """Raw maps (N,h,w), raw scores (N,) and the mean milliseconds per image, through the
-    method's inference module (the same one export traces)."""
+    """Raw maps (N,h,w) at the input size, raw scores (N,) and the mean milliseconds per image,
+    through the method's inference module (the same one export traces; a smaller map is
+    resized bilinearly, as the export does with ``--map-size model``)."""
     model.eval().to(device, memory_format=torch.channels_last)
     net = method.inference_module(model).eval()
     maps, scores = [], []
     t0 = time.perf_counter()
     for i in range(0, len(x), batch_size):
-        amap, score = net(x[i:i + batch_size].to(device, memory_format=torch.channels_last))
+        xb = x[i:i + batch_size]
+        amap, score = net(xb.to(device, memory_format=torch.channels_last))
+        if tuple(amap.shape[-2:]) != tuple(xb.shape[-2:]):
+            amap = F.interpolate(amap, size=tuple(xb.shape[-2:]), mode="bilinear", align_corners=False)
         maps.append(amap[:, 0].float().cpu().numpy())
         scores.append(score.float().cpu().numpy())
         if progress:

@@ -21,7 +21,7 @@ from stpm_edge.models.static import make_static
 from stpm_edge.models.checkpoint import ModelMeta
 
 INPUT_MODES = ("uint8-bgr", "float-rgb")
-MAP_SIZES = ("model", "frame")
+MAP_SIZES = ("model", "frame", "feature")  # feature: the method's raw map, unresized (map_grid)
 NET = "net"  # ExportGraph's attribute holding the method's module: ONNX node names start with /net/
 
 
@@ -60,6 +60,8 @@ class ExportConfig:
         return (trained or 4.0) if self.blur else 0.0
 
     def output_size(self, meta: ModelMeta) -> tuple[int, int]:
+        if self.map_size == "feature":
+            return tuple(meta.method.map_grid(meta.config, meta.image_size, self.method_options))
         return tuple(self.frame_size) if self.map_size == "frame" else tuple(meta.image_size)
 
 

@@ -21,7 +21,9 @@ The contract, in the order the pipeline uses it:
 * **inference**: ``inference_module(model, blur_sigma=None, options={})`` → a pure
   ``nn.Module`` from the normalised NCHW batch to (raw map (N,1,h,w), raw score (N,)), the
   one definition training, evaluation and export share; ``export_options`` validates the
-  method's own export options (e.g. STPM's ``fusion``).
+  method's own export options (e.g. STPM's ``fusion``); ``map_grid(config, image_size,
+  options)`` → the (h, w) of that raw map (default: the input size; STPM's feature head: the
+  finest level's grid), which export keeps with ``--map-size feature``.
 * **normalisation**: ``normalization(scores, maps)`` → :class:`~stpm_edge.models.checkpoint.Normalization`
   from held-out good images (each method's score distribution has its own rule).
 * **low precision**: ``low_precision(options)`` → the submodule paths (``a/b``) of the inference
@@ -123,6 +125,12 @@ class Method:
     def inference_module(self, model: nn.Module, *, blur_sigma: float | None = None,
                          options: dict[str, Any] | None = None) -> nn.Module:
         raise NotImplementedError
+
+    def map_grid(self, config: Any, image_size: tuple[int, int],
+                 options: dict[str, Any] | None = None) -> tuple[int, int]:
+        """(h, w) of the raw map :meth:`inference_module` returns (``--map-size feature``);
+        default: the model input size."""
+        return (int(image_size[0]), int(image_size[1]))
 
     def blur_sigma(self, config: Any) -> float:
         return float(getattr(config, "blur_sigma", 0.0))

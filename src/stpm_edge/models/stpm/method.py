@@ -13,9 +13,9 @@ from stpm_edge.errors import StpmError
 from stpm_edge.models.backbones import get_spec
 from stpm_edge.models.method import Method, MethodOptions, StepContext
 from stpm_edge.models.normalization import Normalization, log_space_rule
-from stpm_edge.models.stpm.config import STPMConfig, STPMRecipe
+from stpm_edge.models.stpm.config import HEADS, STPMConfig, STPMRecipe, check_head
 from stpm_edge.models.stpm.fusion import FUSIONS, build_trunks
-from stpm_edge.models.stpm.head import AnomalyMapHead
+from stpm_edge.models.stpm.head import feature_grid, make_head
 from stpm_edge.models.stpm.loss import stpm_loss, stpm_loss_per_image
 from stpm_edge.models.stpm.model import STPM
 from stpm_edge.models.stpm.unstack import NotStacked, unstack
@@ -27,10 +27,10 @@ class STPMInference(nn.Module):
     """Normalised batch → fused trunks → STPM head → (raw map, raw score). ``trunks`` is the
     low-precision region; the head (norms, distances, product, blur, max) stays FP32."""
 
-    def __init__(self, model: STPM, blur_sigma: float, fusion: str) -> None:
+    def __init__(self, model: STPM, blur_sigma: float, fusion: str, head: str = "model") -> None:
         super().__init__()
         self.trunks = build_trunks(model.teacher, model.student, fusion)
-        self.head = AnomalyMapHead(model.image_size, blur_sigma)
+        self.head = make_head(check_head(head), model.image_size, blur_sigma, model.config.finest_stride())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         teacher, student = self.trunks(x)
@@ -42,10 +42,12 @@ class STPMMethod(Method):
     summary = "Student-Teacher Feature Pyramid Matching (Wang et al., BMVC 2021)"
 
     def make_config(self, options: MethodOptions, image_size: tuple[int, int]) -> STPMConfig:
-        if options.extra:
-            raise StpmError(f"method stpm has no option {sorted(options.extra)[0]!r}")
+        extra = dict(options.extra)
+        head = extra.pop("head", STPMConfig.head)
+        if extra:
+            raise StpmError(f"method stpm has no option {sorted(extra)[0]!r} (it has: head)")
         blur = 4.0 if options.blur_sigma is None else options.blur_sigma
-        return STPMConfig(options.backbone or "efficientnet_lite0", tuple(options.layers), blur).resolved()
+        return STPMConfig(options.backbone or "efficientnet_lite0", tuple(options.layers), blur, head).resolved()
 
     def config_to_dict(self, config: STPMConfig) -> dict[str, Any]:
         return config.to_dict()
@@ -94,19 +96,29 @@ class STPMMethod(Method):
         return stpm_loss_per_image(*model(x))
 
     def export_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(options) - {"fusion"}
+        unknown = set(options) - {"fusion", "head"}
         if unknown:
-            raise StpmError(f"method stpm has no export option {sorted(unknown)[0]!r} (it has: fusion)")
+            raise StpmError(f"method stpm has no export option {sorted(unknown)[0]!r} (it has: fusion, head)")
         fusion = options.get("fusion") or "stacked"
         if fusion not in FUSIONS:
             raise StpmError(f"--fusion {fusion}: choose from {', '.join(FUSIONS)}")
-        return {"fusion": fusion}
+        out = {"fusion": fusion}
+        if options.get("head") is not None:  # default: the head the model was trained with
+            if options["head"] not in HEADS:
+                raise StpmError(f"--opt head={options['head']}: choose from {', '.join(HEADS)}")
+            out["head"] = options["head"]
+        return out
 
     def inference_module(self, model: STPM, *, blur_sigma: float | None = None,
                          options: dict[str, Any] | None = None) -> nn.Module:
         opts = self.export_options(dict(options or {"fusion": "parallel"}))
         sigma = model.config.blur_sigma if blur_sigma is None else blur_sigma
-        return STPMInference(model, sigma, opts["fusion"])
+        return STPMInference(model, sigma, opts["fusion"], opts.get("head", model.config.head))
+
+    def map_grid(self, config: STPMConfig, image_size: tuple[int, int],
+                 options: dict[str, Any] | None = None) -> tuple[int, int]:
+        head = (options or {}).get("head") or config.head
+        return feature_grid(image_size, config.finest_stride()) if head == "feature" else tuple(image_size)
 
     def normalization(self, scores: np.ndarray, maps: np.ndarray) -> Normalization:
         # The map is a product of per-level distances: positive and heavy-tailed.

@@ -9,7 +9,7 @@ from torch import nn
 
 from stpm_edge.models.backbones import FeatureExtractor, create_backbone
 from stpm_edge.models.stpm.config import STPMConfig
-from stpm_edge.models.stpm.head import AnomalyMapHead
+from stpm_edge.models.stpm.head import make_head
 
 
 class STPM(nn.Module):
@@ -26,7 +26,7 @@ class STPM(nn.Module):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.teacher = teacher
         self.student = student
-        self.head = AnomalyMapHead(self.image_size, config.blur_sigma)
+        self.head = make_head(config.head, self.image_size, config.blur_sigma, config.finest_stride())
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.teacher.eval()
@@ -53,6 +53,6 @@ class STPM(nn.Module):
         return t, self.student(x)
 
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw anomaly map (N, 1, h, w) at the model input size and image score (N,)."""
+        """Raw anomaly map (N, 1, h, w) at the head's resolution (``config.head``) and image score (N,)."""
         t, s = self.forward(x)
         return self.head(t, s)
