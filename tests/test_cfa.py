@@ -17,7 +17,7 @@ from stpm_edge.data.io import list_images, read_image_bgr
 from stpm_edge.data.preprocess import Preprocess
 from stpm_edge.errors import StpmError
 from stpm_edge.export.onnx_export import export_onnx
-from stpm_edge.export.trt_ops import TRT85_SUPPORTED_OPS
+from stpm_edge.tensorrt.onnx_ops import TRT85_SUPPORTED_OPS
 from stpm_edge.models.cfa.config import CFAConfig
 from stpm_edge.models.cfa.head import nearest_squared, patch_score, squared_distances
 from stpm_edge.models.cfa.loss import hypersphere_loss_per_image, init_memory_bank, kmeans

@@ -19,7 +19,7 @@ from stpm_edge.data.preprocess import Preprocess
 from stpm_edge.data.synth import SynthBatch
 from stpm_edge.errors import StpmError
 from stpm_edge.export.onnx_export import export_onnx
-from stpm_edge.export.trt_ops import TRT85_SUPPORTED_OPS
+from stpm_edge.tensorrt.onnx_ops import TRT85_SUPPORTED_OPS
 from stpm_edge.models.backbones import create_backbone
 from stpm_edge.models.checkpoint import load_checkpoint
 from stpm_edge.models.deploy import ExportConfig
