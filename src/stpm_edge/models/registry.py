@@ -8,6 +8,7 @@ from stpm_edge.errors import StpmError
 # One line per method: name → "module:Class".
 METHODS: dict[str, str] = {
     "stpm": "stpm_edge.models.stpm.method:STPMMethod",
+    "dmdd": "stpm_edge.models.dmdd.method:DMDDMethod",
 }
 DEFAULT_METHOD = "stpm"
 
