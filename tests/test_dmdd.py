@@ -194,3 +194,16 @@ def test_cli_train_and_eval_dmdd(brick_data: Path, tmp_path: Path):
     assert 0.0 <= report["pixel_auroc"] <= 1.0 and 0.0 <= report["pro"] <= 1.0
     res = _cli("stpm-train", str(brick_data), "-o", str(tmp_path / "x.pt"), "--method", "dmdd", "--opt", "margin=9")
     assert res.returncode == 1 and "margin" in res.stderr and not (tmp_path / "x.pt").exists()
+
+
+def test_input_norm_is_batch_norm_in_eval():
+    from stpm_edge.models.dmdd.segnet import InputNorm
+
+    norm, ref = InputNorm(3), torch.nn.BatchNorm2d(3)
+    x = torch.randn(4, 3, 5, 5) * 3 + 1
+    norm(x), ref(x)  # one training step updates the running statistics of both
+    with torch.no_grad():
+        norm.weight.uniform_(), norm.bias.uniform_()
+        ref.load_state_dict(norm.state_dict())
+    norm.eval(), ref.eval()
+    torch.testing.assert_close(norm(x), ref(x))

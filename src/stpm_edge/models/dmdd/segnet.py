@@ -4,7 +4,7 @@ Input: the per-level discrepancy maps (normality and abnormality branch, ``1 - c
 teacher) resized to the finest level's grid, one channel each. The network (our reading of
 the paper's "multi-perception segmentation head with multiple attention"):
 
-    BN → conv3×3 → [four parallel 3×3 convs, dilation 1, 2, 4, 8]  (multiple receptive fields)
+    BN (of the inputs) → conv3×3 → [four parallel 3×3 convs, dilation 1, 2, 4, 8]  (multiple receptive fields)
        → channel attention (squeeze-excitation)                   (which level/branch to trust)
        → spatial attention (conv7×7 over channel mean and max)    (where to focus)
        → conv3×3 → conv1×1 → one logit per cell
@@ -25,6 +25,18 @@ def _cbr(cin: int, cout: int, k: int = 3, dilation: int = 1) -> nn.Sequential:
     pad = dilation * (k // 2)
     return nn.Sequential(nn.Conv2d(cin, cout, k, padding=pad, dilation=dilation, bias=False),
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class InputNorm(nn.BatchNorm2d):
+    """Batch norm of the input maps (no convolution before it to fold into): in eval mode the
+    same affine map written as Mul + Add, so the exported graph holds no BatchNormalization."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return super().forward(x)
+        scale = self.weight / torch.sqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
 
 
 class ChannelAttention(nn.Module):
@@ -54,7 +66,7 @@ class MultiPerceptionSegNet(nn.Module):
     def __init__(self, in_channels: int, width: int = 32) -> None:
         super().__init__()
         branch = width // 2
-        self.inorm = nn.BatchNorm2d(in_channels)
+        self.inorm = InputNorm(in_channels)
         self.stem = _cbr(in_channels, width)
         self.branches = nn.ModuleList(_cbr(width, branch, 3, d) for d in DILATIONS)
         fused = branch * len(DILATIONS)
