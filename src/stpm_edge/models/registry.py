@@ -10,6 +10,7 @@ METHODS: dict[str, str] = {
     "stpm": "stpm_edge.models.stpm.method:STPMMethod",
     "cfa": "stpm_edge.models.cfa.method:CFAMethod",
     "rstpm": "stpm_edge.models.rstpm.method:RSTPMMethod",
+    "dmdd": "stpm_edge.models.dmdd.method:DMDDMethod",
 }
 DEFAULT_METHOD = "stpm"
 

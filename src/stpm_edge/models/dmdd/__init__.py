@@ -1,0 +1,1 @@
+"""DMDD: Dual-Modeling Decouple Distillation (Liu, Wang, Leng and Zhang, ACM MM 2024)."""
