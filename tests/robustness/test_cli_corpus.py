@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.robustness._harness import assert_one_line_failure, interrupt_after, run, snapshot
+from ._harness import assert_one_line_failure, interrupt_after, run, snapshot
 
 pytestmark = pytest.mark.slow
 
