@@ -147,3 +147,30 @@ class Method:
         """Graph rewrites by precision form (``"int8.cpu"``): ONNX model → ONNX model, or raise
         ``ValueError`` when the graph is not one the rewrite understands (then it is skipped)."""
         return {}
+
+
+def parts_state(model: nn.Module, parts: tuple[str, ...]) -> dict[str, dict[str, torch.Tensor]]:
+    """The state dicts of ``model``'s submodules ``parts``, detached CPU copies (for ``Method.state``)."""
+    return {part: {k: v.detach().cpu().clone() for k, v in getattr(model, part).state_dict().items()}
+            for part in parts}
+
+
+def load_parts(model: nn.Module, state: dict[str, Any], parts: tuple[str, ...], where: str, fits: str) -> None:
+    """Load :func:`parts_state`'s output back, validated (for ``Method.load_state``): every part
+    present and made of tensors, a strict fit (``fits`` names what the weights must fit), no NaN/Inf."""
+    from stpm_edge.errors import StpmError  # noqa: PLC0415
+
+    for part in parts:
+        sd = state.get(part)
+        if not isinstance(sd, dict):
+            raise StpmError(f"{where}: not an stpm-edge checkpoint (missing the {part} weights)")
+        if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise StpmError(f"{where}: {part} state dict holds non-tensor values")
+        try:
+            getattr(model, part).load_state_dict(sd, strict=True)
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())[:200]
+            raise StpmError(f"{where}: {part} weights do not fit {fits} ({detail})") from None
+        for key, value in sd.items():
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise StpmError(f"{where}: {part} weight {key} contains NaN or Inf")

@@ -24,7 +24,7 @@ from stpm_edge.models.dmdd.head import DMDDHead, discrepancy_stack
 from stpm_edge.models.dmdd.loss import (abnormal_fit_loss, abnormality_loss, cell_weights, normality_loss,
                                         seg_loss)
 from stpm_edge.models.dmdd.model import DMDD
-from stpm_edge.models.method import Method, MethodOptions, StepContext
+from stpm_edge.models.method import Method, MethodOptions, StepContext, load_parts, parts_state
 from stpm_edge.models.normalization import Normalization, linear_rule
 
 
@@ -91,22 +91,10 @@ class DMDDMethod(Method):
         return ("teacher", "student") + (("seg",) if model.seg is not None else ())
 
     def state(self, model: DMDD) -> dict[str, dict[str, torch.Tensor]]:
-        return {part: {k: v.detach().cpu().clone() for k, v in getattr(model, part).state_dict().items()}
-                for part in self._parts(model)}
+        return parts_state(model, self._parts(model))
 
     def load_state(self, model: DMDD, state: dict[str, Any], where: str) -> None:
-        for part in self._parts(model):
-            sd = state.get(part)
-            if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-                raise StpmError(f"{where}: not a dmdd checkpoint (missing or bad {part} weights)")
-            try:
-                getattr(model, part).load_state_dict(sd, strict=True)
-            except RuntimeError as exc:
-                detail = " ".join(str(exc).split())[:200]
-                raise StpmError(f"{where}: {part} weights do not fit this dmdd config ({detail})") from None
-            for key, value in sd.items():
-                if value.is_floating_point() and not torch.isfinite(value).all():
-                    raise StpmError(f"{where}: {part} weight {key} contains NaN or Inf")
+        load_parts(model, state, self._parts(model), where, "this dmdd config")
         extra = set(state) - set(self._parts(model))
         if extra:
             raise StpmError(f"{where}: dmdd state has parts {sorted(extra)} this config does not use")

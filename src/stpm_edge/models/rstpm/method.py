@@ -16,7 +16,7 @@ from torch import nn
 from stpm_edge.data.synth import SynthConfig, synthesize
 from stpm_edge.errors import StpmError
 from stpm_edge.models.backbones import get_spec
-from stpm_edge.models.method import Method, MethodOptions, StepContext
+from stpm_edge.models.method import Method, MethodOptions, StepContext, load_parts, parts_state
 from stpm_edge.models.normalization import Normalization, log_space_rule
 from stpm_edge.models.rstpm.config import RSTPMConfig
 from stpm_edge.models.rstpm.head import RSTPMHead
@@ -88,24 +88,10 @@ class RSTPMMethod(Method):
         return RSTPM.build(config, image_size, pretrained=pretrained, teacher_weights=weights_file, seed=seed)
 
     def state(self, model: RSTPM) -> dict[str, dict[str, torch.Tensor]]:
-        return {part: {k: v.detach().cpu().clone() for k, v in getattr(model, part).state_dict().items()}
-                for part in PARTS}
+        return parts_state(model, PARTS)
 
     def load_state(self, model: RSTPM, state: dict[str, Any], where: str) -> None:
-        for part in PARTS:
-            sd = state.get(part)
-            if not isinstance(sd, dict):
-                raise StpmError(f"{where}: not an rstpm checkpoint (missing the {part} weights)")
-            if not all(isinstance(v, torch.Tensor) for v in sd.values()):
-                raise StpmError(f"{where}: {part} state dict holds non-tensor values")
-            try:
-                getattr(model, part).load_state_dict(sd, strict=True)
-            except RuntimeError as exc:
-                detail = " ".join(str(exc).split())[:200]
-                raise StpmError(f"{where}: {part} weights do not fit the model's config ({detail})") from None
-            for key, value in sd.items():
-                if value.is_floating_point() and not torch.isfinite(value).all():
-                    raise StpmError(f"{where}: {part} weight {key} contains NaN or Inf")
+        load_parts(model, state, PARTS, where, "the model's config")
 
     def optimizer(self, model: RSTPM, options: MethodOptions) -> torch.optim.Optimizer:
         r = STPMRecipe()  # pair A's recipe (Wang et al.), for both students

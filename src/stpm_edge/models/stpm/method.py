@@ -11,7 +11,7 @@ from torch import nn
 
 from stpm_edge.errors import StpmError
 from stpm_edge.models.backbones import get_spec
-from stpm_edge.models.method import Method, MethodOptions, StepContext
+from stpm_edge.models.method import Method, MethodOptions, StepContext, load_parts, parts_state
 from stpm_edge.models.normalization import Normalization, log_space_rule
 from stpm_edge.models.stpm.config import HEADS, STPMConfig, STPMRecipe, check_head
 from stpm_edge.models.stpm.fusion import FUSIONS, build_trunks
@@ -64,25 +64,10 @@ class STPMMethod(Method):
         return STPM.build(config, image_size, pretrained=pretrained, teacher_weights=weights_file, seed=seed)
 
     def state(self, model: STPM) -> dict[str, dict[str, torch.Tensor]]:
-        return {part: {k: v.detach().cpu().clone() for k, v in getattr(model, part).state_dict().items()}
-                for part in PARTS}
+        return parts_state(model, PARTS)
 
     def load_state(self, model: STPM, state: dict[str, Any], where: str) -> None:
-        for part in PARTS:
-            sd = state.get(part)
-            if not isinstance(sd, dict):
-                raise StpmError(f"{where}: not an stpm-edge checkpoint (missing the {part} weights)")
-            if not all(isinstance(v, torch.Tensor) for v in sd.values()):
-                raise StpmError(f"{where}: {part} state dict holds non-tensor values")
-            try:
-                getattr(model, part).load_state_dict(sd, strict=True)
-            except RuntimeError as exc:
-                detail = " ".join(str(exc).split())[:200]
-                raise StpmError(f"{where}: {part} weights do not fit {model.config.backbone} "
-                                f"{','.join(model.config.layers)} ({detail})") from None
-            for key, value in sd.items():
-                if value.is_floating_point() and not torch.isfinite(value).all():
-                    raise StpmError(f"{where}: {part} weight {key} contains NaN or Inf")
+        load_parts(model, state, PARTS, where, f"{model.config.backbone} {','.join(model.config.layers)}")
 
     def optimizer(self, model: STPM, options: MethodOptions) -> torch.optim.Optimizer:
         r = STPMRecipe()
