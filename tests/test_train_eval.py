@@ -14,7 +14,7 @@ from stpm_edge.data.mvtec import load_dataset
 from stpm_edge.errors import StpmError
 from stpm_edge.eval.evaluate import evaluate
 from stpm_edge.models.checkpoint import load_checkpoint
-from stpm_edge.train.trainer import TrainConfig, split_holdout, train
+from stpm_edge.train.trainer import TrainConfig, TrainInterrupted, split_holdout, train
 
 
 def test_holdout_split_is_deterministic_and_disjoint():
@@ -52,7 +52,9 @@ def test_ctrl_c_keeps_the_last_good_checkpoint(brick_data: Path, tmp_path: Path)
         if log.epoch == 2:
             raise KeyboardInterrupt
 
-    res = train(brick_data, out, TrainConfig(**{**SMALL_TRAIN, "epochs": 50}), on_epoch=interrupt)
+    with pytest.raises(TrainInterrupted) as err:  # a KeyboardInterrupt: the command exits 130
+        train(brick_data, out, TrainConfig(**{**SMALL_TRAIN, "epochs": 50}), on_epoch=interrupt)
+    res = err.value.result
     assert res.stop_reason == "interrupted" and res.epochs_run == 2
     model, meta = load_checkpoint(out)  # finalised: thresholds measured on the best epoch
     assert meta.normalization is not None and meta.provenance["stop_reason"] == "interrupted"
@@ -65,7 +67,7 @@ def test_interrupt_before_first_epoch_writes_nothing(brick_data: Path, tmp_path:
     def interrupt(loss):
         raise KeyboardInterrupt
 
-    with pytest.raises(StpmError, match="nothing was saved"):
+    with pytest.raises(KeyboardInterrupt, match="nothing was saved"):
         train(brick_data, out, TrainConfig(**SMALL_TRAIN), on_step=interrupt)
     assert list(tmp_path.iterdir()) == []
 
@@ -97,7 +99,8 @@ def test_cli_eval_json_and_info(small_model: Path, brick_data: Path):
     res = _cli("stpm", "info", str(small_model), "--json")
     assert res.returncode == 0, res.stderr
     info = json.loads(res.stdout)
-    assert info["backbone"] == "efficientnet_lite0" and len(info["sha256"]) == 64
+    assert info["method"]["name"] == "stpm" and info["method"]["backbone"] == "efficientnet_lite0"
+    assert info["config"]["backbone"] == "efficientnet_lite0" and len(info["sha256"]) == 64
 
 
 def test_cli_train_end_to_end_and_one_line_errors(brick_data: Path, tmp_path: Path):

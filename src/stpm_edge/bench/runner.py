@@ -279,16 +279,16 @@ def run_bench(cfg: BenchConfig, status: Status = lambda text, done, total: None)
             skips += s
             done += len(group)
         status("done", len(combos), len(combos))
+        refs = {(r.combo.device, r.combo.batch): r for r in rows if is_reference(r.combo)}
+        results = [row_dict(r, gflop, peaks, refs.get((r.combo.device, r.combo.batch))) for r in rows]
+        if cfg.profile and results:  # while an exported work folder still exists
+            from stpm_edge.bench.profile import add_region_columns  # noqa: PLC0415
+
+            status("profiling the time outside the trunks (ONNX Runtime CPU rows)", len(combos), len(combos))
+            add_region_columns(results, files.onnx.get("fp32"), tuple(meta.lowp.int8), peaks, threads)
     finally:
         if tmp is not None:
             tmp.cleanup()
-    refs = {(r.combo.device, r.combo.batch): r for r in rows if is_reference(r.combo)}
-    results = [row_dict(r, gflop, peaks, refs.get((r.combo.device, r.combo.batch))) for r in rows]
-    if cfg.profile and results:
-        from stpm_edge.bench.profile import add_region_columns  # noqa: PLC0415
-
-        status("profiling the time outside the trunks (ONNX Runtime CPU rows)", len(combos), len(combos))
-        add_region_columns(results, files.onnx.get("fp32"), tuple(meta.lowp.int8), peaks, threads)
     machine["load_average_end"] = load_average()
     warning = busy_warning(machine.get("load_average"), machine.get("usable_cpus"))
     return {

@@ -80,7 +80,8 @@ def bench_cmd(
     devices = tuple(d for d in parse_choices(device, ("auto", *DEVICES), "--device"))
     cfg = BenchConfig(model, checkpoint, parse_choices(backends, BACKENDS, "--backends"),
                       parse_choices(precisions, PRECISIONS, "--precisions"), parse_batches(batch), devices,
-                      warmup, iters, threads, cuda_graphs, calib, calib_count, peak, isolate, work_dir)
+                      warmup, iters, threads, cuda_graphs, calib, calib_count, measure_peak=peak, isolate=isolate,
+                      work_dir=work_dir)
     cfg.validated()
     if console.is_terminal:
         with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

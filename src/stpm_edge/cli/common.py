@@ -110,15 +110,17 @@ def user_errors(prog: str) -> Callable[[F], F]:
             verbose = bool(kwargs.get("verbose"))
             try:
                 out = fn(*args, **kwargs)
-            except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, typer.Exit,
+                    typer.Abort, SystemExit):
                 raise  # usage errors (exit 2) and explicit exits are Click's
             except StpmError as exc:
                 _fail()
                 print(f"{prog}: {exc}", file=sys.stderr, flush=True)
                 raise typer.Exit(EXIT_ERROR) from None
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 _fail()
-                print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+                said = " ".join(str(exc).split()) if isinstance(exc.args[:1], tuple) and exc.args else ""
+                print(f"{prog}: {said or 'interrupted'}", file=sys.stderr, flush=True)
                 raise typer.Exit(EXIT_INTERRUPTED) from None
             except Exception as exc:  # noqa: BLE001 - the one place that turns anything into one line
                 _fail()

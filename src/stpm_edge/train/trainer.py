@@ -247,7 +247,7 @@ def train(data: Path, output: Path, cfg: TrainConfig, *,
         stop_reason, interrupted = "interrupted", True
         logger.warning("interrupted at epoch %d; finalising the best model (epoch %d)", epoch, best_epoch)
         if best_state is None:
-            raise StpmError("interrupted before the first epoch finished; nothing was saved") from None
+            raise KeyboardInterrupt("interrupted before the first epoch finished; nothing was saved") from None
 
     if budget_cut:
         logger.warning("the --time-budget of %g min ended training at epoch %d while the held-out loss was still "
