@@ -94,14 +94,6 @@ class QuantizeReport:
     seconds: float = 0.0
 
 
-def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    cons: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            cons.setdefault(i, []).append(n)
-    return cons
-
-
 def metadata_of(model: onnx.ModelProto, where: object = "model") -> ModelMetadata:
     return parse_metadata({p.key: p.value for p in model.metadata_props}, where)
 
