@@ -15,7 +15,7 @@ import_app = typer.Typer(help="Import models trained with other tools.", no_args
 @user_errors("stpm import anomalib")
 def anomalib_cmd(
     model: Path = typer.Argument(..., help="anomalib 2.x Lightning checkpoint (.ckpt from Engine.fit) of an STFPM "
-                                           "model; its exported Torch model.pt only with --trust-checkpoint."),
+                                           "or CFA model; its exported Torch model.pt only with --trust-checkpoint."),
     output: Path = typer.Option(Path("model.pt"), "-o", "--output", help="stpm-edge checkpoint to write (atomically)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Good images (folder or MVTec category): measure "
                                         "stpm-edge's own thresholds on them instead of carrying anomalib's over."),
@@ -24,8 +24,8 @@ def anomalib_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
-    """Map an anomalib STFPM model's teacher and student weights, input size, normalisation and thresholds
-    onto an stpm-edge checkpoint; anomalib itself is not needed (loads with weights_only)."""
+    """Map an anomalib STFPM (teacher and student) or CFA (trunk, descriptor, memory bank) model's
+    weights, input size, normalisation and thresholds onto an stpm-edge checkpoint; anomalib itself is not needed (loads with weights_only)."""
     setup_logging(verbose)
     from stpm_edge.interop.anomalib import import_anomalib
 

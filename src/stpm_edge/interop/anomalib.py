@@ -13,10 +13,10 @@ What an anomalib 2.7 Lightning checkpoint (``.ckpt`` from ``Engine.fit``) holds,
   ``model.student_model.feature_extractor.*``, the whole timm ``features_only`` trunk) and
   ``post_processor._image_threshold``, ``_pixel_threshold``, ``image_min/max``, ``pixel_min/max``.
 
-Each anomalib model that stpm-edge can run is one :class:`Mapper` in :data:`MAPPERS` (STFPM
-today; CFA is one more entry once the CFA method exists). A mapper turns the checkpoint into
-an :class:`Imported` (plain tensors and numbers); :func:`_write_checkpoint` is the only code
-that knows the stpm-edge checkpoint format.
+Each anomalib model that stpm-edge can run is one :class:`Mapper` in :data:`MAPPERS` (STFPM →
+``stpm``, CFA → ``cfa``). A mapper turns the checkpoint into an :class:`Imported` (the method's
+config as plain data, its named parts as tensors); :func:`_write_checkpoint` builds and saves
+it through the method seam, the only code that knows the stpm-edge checkpoint format.
 
 Image-level decisions are carried over exactly: anomalib flags an image when
 ``(raw − threshold) / (max − min) + 0.5 > 1 − sensitivity``, i.e. when
@@ -30,7 +30,7 @@ import logging
 import pickle
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,30 +39,14 @@ import torch
 from stpm_edge import __version__
 from stpm_edge.artifact import file_sha256
 from stpm_edge.errors import StpmError, first_line
-from stpm_edge.interop.anomalib_parts import (Thresholds, carry_thresholds, map_trunk, parse_backbone,
-                                              parse_pre_processor)
+from stpm_edge.interop.anomalib_cfa import convert_cfa, is_cfa
+from stpm_edge.interop.anomalib_parts import (Imported, Thresholds, carry_thresholds, map_trunk, parse_backbone,
+                                              parse_pre_processor, provenance)
 
 logger = logging.getLogger(__name__)
 
 ANOMALIB_KEYS = ("anomalib_pre_processor_config", "anomalib_post_processor_config", "anomalib_components_enabled")
 TRUST_HINT = "only if you trust its origin, pass --trust-checkpoint (needs anomalib installed)"
-
-
-@dataclass
-class Imported:
-    """What a mapper extracts: architecture, input, weights in our key space, thresholds."""
-
-    method: str
-    backbone: str
-    layers: tuple[str, ...]
-    image_size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    blur_sigma: float
-    teacher: dict[str, torch.Tensor]
-    student: dict[str, torch.Tensor]
-    thresholds: Thresholds | None
-    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -139,7 +123,7 @@ class Mapper:
 
 
 # Signatures of anomalib models stpm-edge cannot run, to name them in the error.
-_UNSUPPORTED_SIGNS = (("model.descriptor.", "Cfa"), ("model.memory_bank", "Patchcore"), ("model.gaussian.", "Padim"),
+_UNSUPPORTED_SIGNS = (("model.memory_bank", "Patchcore"), ("model.gaussian.", "Padim"),
                       ("model.bottleneck.", "ReverseDistillation"), ("model.ae.", "EfficientAd"),
                       ("model.fast_flow_blocks.", "Fastflow"), ("model.reconstructive_subnetwork.", "Draem"))
 
@@ -194,14 +178,13 @@ def _convert_stfpm(obj: dict, where: str) -> Imported:
     teacher = map_trunk(state, _STFPM_T, bmap, layers, where)
     student = map_trunk(state, _STFPM_S, bmap, layers, where)
     thresholds, details = carry_thresholds(obj, where)
-    prov = {"anomalib_model": "Stfpm", "anomalib_backbone": timm_name, "anomalib_resize": resize,
-            "anomalib_post_processor": details,
-            "lightning": {k: obj.get(k) for k in ("pytorch-lightning_version", "epoch", "global_step")
-                          if isinstance(obj.get(k), (str, int))}}
-    return Imported("stpm", bmap.ours, layers, size, mean, std, 0.0, teacher, student, thresholds, prov)
+    config = {"backbone": bmap.ours, "layers": list(layers), "blur_sigma": 0.0}
+    return Imported("stpm", config, size, mean, std, {"teacher": teacher, "student": student}, thresholds,
+                    provenance(obj, "Stfpm", timm_name, resize, details))
 
 
-MAPPERS: tuple[Mapper, ...] = (Mapper("Stfpm", "stpm", _is_stfpm, _convert_stfpm),)
+MAPPERS: tuple[Mapper, ...] = (Mapper("Stfpm", "stpm", _is_stfpm, _convert_stfpm),
+                               Mapper("Cfa", "cfa", is_cfa, convert_cfa))
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -220,26 +203,24 @@ def _measure_normalization(model: torch.nn.Module, meta: Any, data: Path) -> Thr
     return Thresholds(norm.image_threshold, norm.pixel_threshold, norm.min_value)
 
 
-def _write_checkpoint(path: Path, backbone: str, layers: tuple[str, ...], image_size: tuple[int, int],
-                      mean: tuple[float, ...], std: tuple[float, ...], blur_sigma: float,
-                      teacher_state: dict[str, torch.Tensor], student_state: dict[str, torch.Tensor],
-                      normalization: Thresholds | None, provenance: dict[str, Any], *,
-                      measure_on: Path | None = None) -> Thresholds:
-    """The only code that knows the stpm-edge checkpoint format: build, load (strict), save atomically.
+def _write_checkpoint(path: Path, imported: Imported, *, measure_on: Path | None = None) -> Thresholds:
+    """The only code that knows the stpm-edge checkpoint format: build the method's model, load
+    its parts (strict: every name and shape), save atomically.
 
-    ``measure_on`` (good images) replaces ``normalization`` by our own statistics. Returns the
-    thresholds written."""
+    ``measure_on`` (good images) replaces the carried thresholds by our own statistics. Returns
+    the thresholds written."""
     from stpm_edge.data.preprocess import PreprocessSpec
     from stpm_edge.models.checkpoint import ModelMeta, save_checkpoint
     from stpm_edge.models.normalization import Normalization
     from stpm_edge.models.registry import get_method
 
-    method = get_method("stpm")
-    config = method.config_from_dict({"backbone": backbone, "layers": list(layers), "blur_sigma": blur_sigma},
-                                     str(path))
-    model = method.build(config, tuple(image_size), pretrained=False)
-    method.load_state(model, {"teacher": teacher_state, "student": student_state}, str(path))
-    meta = ModelMeta("stpm", config, PreprocessSpec(tuple(image_size), tuple(mean), tuple(std)), None, provenance)
+    method = get_method(imported.method)
+    config = method.config_from_dict(dict(imported.config), str(path))
+    model = method.build(config, tuple(imported.image_size), pretrained=False)
+    method.load_state(model, imported.state, str(path))
+    meta = ModelMeta(imported.method, config, PreprocessSpec(tuple(imported.image_size), tuple(imported.mean),
+                                                             tuple(imported.std)), None, imported.provenance)
+    normalization = imported.thresholds
     if measure_on is not None:
         normalization = _measure_normalization(model.eval(), meta, measure_on)
     if normalization is None:
@@ -270,9 +251,7 @@ def import_anomalib(source: Path, output: Path, *, data: Path | None = None, tru
     if imported.provenance["anomalib_resize"].get("antialias"):
         logger.info("anomalib resized frames with antialiasing, stpm-edge without (ONNX opset 17): identical for "
                     "frames at the model size %dx%d, slightly different for larger ones", *imported.image_size[::-1])
-    written = _write_checkpoint(output, imported.backbone, imported.layers, imported.image_size, imported.mean,
-                                imported.std, imported.blur_sigma, imported.teacher, imported.student,
-                                imported.thresholds, imported.provenance, measure_on=data)
+    written = _write_checkpoint(output, imported, measure_on=data)
     return ImportResult(Path(output), imported.method, mapper.anomalib_name, imported.backbone, imported.layers,
                         imported.image_size, written, imported.provenance["normalization_source"],
                         time.perf_counter() - t0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,6 +22,36 @@ class Thresholds:
     image_threshold: float
     pixel_threshold: float
     min_value: float
+
+
+@dataclass
+class Imported:
+    """What a mapper extracts: architecture, input, weights in our key space, thresholds."""
+
+    method: str
+    config: dict[str, Any]  # the method's config as a checkpoint stores it (backbone, layers, ...)
+    image_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    state: dict[str, dict[str, torch.Tensor]]  # the method's named parts, as ``Method.load_state`` takes them
+    thresholds: Thresholds | None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def backbone(self) -> str:
+        return str(self.config["backbone"])
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(self.config["layers"])
+
+
+def provenance(obj: dict, model: str, backbone: str, resize: dict, details: dict) -> dict[str, Any]:
+    """Where an imported model came from (stored in the checkpoint's provenance)."""
+    return {"anomalib_model": model, "anomalib_backbone": backbone, "anomalib_resize": resize,
+            "anomalib_post_processor": details,
+            "lightning": {k: obj.get(k) for k in ("pytorch-lightning_version", "epoch", "global_step")
+                          if isinstance(obj.get(k), (str, int))}}
 
 
 # ---------------------------------------------------------------------------------------- backbones

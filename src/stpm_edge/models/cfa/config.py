@@ -12,7 +12,8 @@ from stpm_edge.errors import StpmError
 from stpm_edge.models.backbones import get_spec, resolve_layers
 
 MAX_BLUR = 64.0
-MAX_NEIGHBOURS = 64  # K + J: a small TopK (TensorRT's TopK allows k <= 3840)
+MAX_NEIGHBOURS = 64
+BLUR_BORDERS = ("renorm", "reflect")  # K + J: a small TopK (TensorRT's TopK allows k <= 3840)
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ class CFAConfig:
     ``k``: nearest memory items attracted (and softmin-weighted in the score); ``j``: the next
     items repelled (hard negatives); ``nu``: soft-boundary weight (the loss is scaled by 1/ν);
     ``alpha``: repulsion margin; ``radius``: the hypersphere radius r (its initial value
-    when ``learn_radius``)."""
+    when ``learn_radius``); ``blur_border``: how the map blur treats the image border
+    (``renorm``, ours; ``reflect``, anomalib's, for imported models)."""
 
     backbone: str = "efficientnet_lite0"
     layers: tuple[str, ...] = ()
@@ -37,6 +39,7 @@ class CFAConfig:
     alpha: float = 0.1
     radius: float = 1e-5
     learn_radius: bool = True
+    blur_border: str = "renorm"
 
     def resolved(self) -> "CFAConfig":
         """Validated, with the levels resolved (one-line StpmError)."""
@@ -59,6 +62,8 @@ class CFAConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not v > lo \
                     or (name == "radius" and v < 0) or (name == "alpha" and v < 0):
                 raise StpmError(f"cfa option {name}={v}: expected a finite number {'> 0' if name == 'nu' else '>= 0'}")
+        if self.blur_border not in BLUR_BORDERS:
+            raise StpmError(f"cfa option blur_border={self.blur_border}: expected one of {', '.join(BLUR_BORDERS)}")
         if not isinstance(self.learn_radius, bool):
             raise StpmError(f"cfa option learn_radius={self.learn_radius}: expected true or false")
         return replace(self, layers=layers, blur_sigma=blur, nu=float(self.nu), alpha=float(self.alpha),
@@ -98,7 +103,7 @@ class CFAConfig:
 
 
 OPTION_TYPES: dict[str, type] = {"gamma_d": int, "gamma_c": int, "k": int, "j": int, "nu": float, "alpha": float,
-                                 "radius": float, "learn_radius": bool}
+                                 "radius": float, "learn_radius": bool, "blur_border": str}
 
 
 def parse_option(key: str, value: Any) -> Any:
@@ -113,6 +118,8 @@ def parse_option(key: str, value: Any) -> Any:
             raise StpmError(f"cfa option {key}={value}: expected {kind.__name__}")
         return value
     text = value.strip().lower()
+    if kind is str:
+        return text
     try:
         if kind is bool:
             if text in ("1", "true", "yes", "on"):

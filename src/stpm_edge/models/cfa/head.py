@@ -67,10 +67,10 @@ class MemorySearch(nn.Module):
 class CFAMapHead(nn.Module):
     """Patch scores (N, 1, h, w) → (anomaly map (N, 1, H, W), image score (N,))."""
 
-    def __init__(self, output_size: tuple[int, int], blur_sigma: float = 0.0) -> None:
+    def __init__(self, output_size: tuple[int, int], blur_sigma: float = 0.0, border: str = "renorm") -> None:
         super().__init__()
         self.output_size = (int(output_size[0]), int(output_size[1]))
-        self.blur = GaussianBlur(blur_sigma, self.output_size) if blur_sigma and blur_sigma > 0 else None
+        self.blur = GaussianBlur(blur_sigma, self.output_size, border) if blur_sigma and blur_sigma > 0 else None
 
     def forward(self, patch_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         amap = F.interpolate(patch_map, size=self.output_size, mode="bilinear", align_corners=False)

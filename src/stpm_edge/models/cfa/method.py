@@ -30,7 +30,7 @@ class CFAInference(nn.Module):
         self.backbone = model.backbone
         self.descriptor = model.descriptor
         self.search = MemorySearch(model.memory_bank, model.config.k)
-        self.head = CFAMapHead(model.image_size, blur_sigma)
+        self.head = CFAMapHead(model.image_size, blur_sigma, model.config.blur_border)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.search(self.descriptor(self.backbone(x))))

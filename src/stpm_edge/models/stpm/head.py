@@ -68,30 +68,58 @@ class GaussianBlur(nn.Module):
     vertical pass on the transposed map): the same arithmetic as a 1-channel convolution,
     term for term, but backends vectorise depthwise kernels across channels and run
     1-channel ones nearly scalar (ONNX Runtime CPU, machine B of BENCHMARKS.md: 0.44 against
-    2.12 ms for a 256×256 map, 5.3 against 37.1 ms at 1920×1080; benchmarks/bench_blur.py)."""
+    2.12 ms for a 256×256 map, 5.3 against 37.1 ms at 1920×1080; benchmarks/bench_blur.py).
 
-    def __init__(self, sigma: float, size: tuple[int, int]) -> None:
+    ``border="reflect"`` pads by mirroring instead (without repeating the edge pixel, as
+    ``F.pad(mode="reflect")``, anomalib's ``GaussianBlur2d``): a constant-index Gather per
+    pass (no Pad mode that TensorRT 8.5 lacks), then the same convolutions unpadded."""
+
+    BORDERS = ("renorm", "reflect")
+
+    def __init__(self, sigma: float, size: tuple[int, int], border: str = "renorm") -> None:
         super().__init__()
         k = gaussian_kernel1d(sigma)
         self.sigma = float(sigma)
         self.size = (int(size[0]), int(size[1]))
         self.pad = (k.numel() - 1) // 2
+        if border not in self.BORDERS:
+            raise ValueError(f"GaussianBlur: border {border!r}, expected one of {self.BORDERS}")
+        self.border = border
         h, w = self.size
         self.register_buffer("k_rows", k.view(1, 1, 1, -1).repeat(h, 1, 1, 1), persistent=False)
         self.register_buffer("k_cols", k.view(1, 1, 1, -1).repeat(w, 1, 1, 1), persistent=False)
-        self.register_buffer("inv_norm", 1.0 / self._conv(torch.ones(1, 1, h, w)), persistent=False)
+        if border == "reflect":
+            if self.pad >= min(h, w):
+                raise ValueError(f"GaussianBlur: a reflected border of {self.pad} needs maps larger than {h}x{w}")
+            self.register_buffer("idx_rows", _reflect_index(w, self.pad), persistent=False)
+            self.register_buffer("idx_cols", _reflect_index(h, self.pad), persistent=False)
+            self.inv_norm = None
+        else:
+            self.register_buffer("inv_norm", 1.0 / self._conv(torch.ones(1, 1, h, w)), persistent=False)
+
+    def _pass(self, x: torch.Tensor, kernel: torch.Tensor, channels: int, index: str) -> torch.Tensor:
+        if self.border == "reflect":
+            return F.conv2d(torch.index_select(x, 3, getattr(self, index)), kernel, groups=channels)
+        return F.conv2d(x, kernel, padding=(0, self.pad), groups=channels)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.size
-        x = F.conv2d(x.reshape(-1, h, 1, w), self.k_rows, padding=(0, self.pad), groups=h)  # along each row
+        x = self._pass(x.reshape(-1, h, 1, w), self.k_rows, h, "idx_rows")  # along each row
         x = x.reshape(-1, 1, h, w).transpose(2, 3).reshape(-1, w, 1, h)
-        x = F.conv2d(x, self.k_cols, padding=(0, self.pad), groups=w)  # along each column
+        x = self._pass(x, self.k_cols, w, "idx_cols")  # along each column
         return x.reshape(-1, 1, w, h).transpose(2, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_tracing() and (tuple(x.shape[-2:]) != self.size or x.shape[1] != 1):
             raise ValueError(f"GaussianBlur: expected (N, 1, {self.size[0]}, {self.size[1]}) maps, got {tuple(x.shape)}")
-        return self._conv(x) * self.inv_norm
+        out = self._conv(x)
+        return out if self.inv_norm is None else out * self.inv_norm
+
+
+def _reflect_index(n: int, pad: int) -> torch.Tensor:
+    """Indices of a length-``n`` axis padded by ``pad`` mirrored samples each side (edge not repeated)."""
+    i = torch.arange(-pad, n + pad).abs()
+    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
 
 
 def feature_grid(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
