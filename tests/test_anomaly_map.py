@@ -80,3 +80,24 @@ def test_blur_equals_the_one_channel_separable_convolution():
     torch.testing.assert_close(blur(x), reference(x) / reference(torch.ones(1, 1, 37, 53)), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="expected"):
         blur(torch.rand(1, 1, 53, 37))
+
+
+def test_reflect_border_blur_equals_a_reflect_padded_convolution():
+    """``border="reflect"`` (anomalib's GaussianBlur2d, for imported models): mirror padding
+    without repeating the edge, then the plain 2-D Gaussian — term for term a padded conv."""
+    import torch.nn.functional as F
+
+    from stpm_edge.models.stpm.head import GaussianBlur, gaussian_kernel1d
+
+    x = torch.rand(2, 1, 40, 56, generator=torch.Generator().manual_seed(0))
+    k = gaussian_kernel1d(3.0)
+    pad = (k.numel() - 1) // 2
+    ref = F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), (k[:, None] * k[None, :])[None, None])
+    out = GaussianBlur(3.0, (40, 56), "reflect")(x)
+    assert out.shape == x.shape and float((out - ref).abs().max()) < 1e-5  # summation order only
+    const = torch.full((1, 1, 40, 56), 0.7)
+    assert float((GaussianBlur(3.0, (40, 56), "reflect")(const) - 0.7).abs().max()) < 1e-6
+    with pytest.raises(ValueError, match="needs maps larger"):
+        GaussianBlur(4.0, (12, 56), "reflect")
+    with pytest.raises(ValueError, match="border"):
+        GaussianBlur(4.0, (40, 56), "zeros")
