@@ -59,7 +59,8 @@ class Stream:
         span = (self.last_out - self.first_out) if self.first_out is not None and self.last_out is not None else 0.0
         return {"source": self.source.spec.uri, "frames": self.frames, "ng_frames": self.ng_frames,
                 "dropped": st.dropped + self.queue_drops, "corrupt": st.corrupt + self.corrupt,
-                "reconnects": st.reconnects, "loops": st.loops,
+                "reconnects": st.reconnects, "reconnect_failures": st.reconnect_failures,
+                "outage_s": round(st.outage_s, 3), "max_outage_s": round(st.max_outage_s, 3), "loops": st.loops,
                 "fps": round((self.frames - 1) / span, 2) if self.frames > 1 and span > 0 else 0.0,
                 "stop_reason": self.stop_reason, "error": self.error,
                 "latency_ms": {s: self.stats[s].summary() for s in STAGES},

@@ -81,6 +81,9 @@ class RunSummary:
     dropped: int = 0
     corrupt: int = 0
     reconnects: int = 0
+    reconnect_failures: int = 0
+    outage_s: float = 0.0  # live: seconds without a source (drop to re-open), summed
+    max_outage_s: float = 0.0
     loops: int = 0
     seconds: float = 0.0
     fps: float = 0.0
@@ -330,6 +333,8 @@ class Pipeline:
         summary.dropped = st.dropped + self._queue_drops
         summary.corrupt = st.corrupt + self._prep_corrupt
         summary.reconnects, summary.loops = st.reconnects, st.loops
+        summary.reconnect_failures = st.reconnect_failures
+        summary.outage_s, summary.max_outage_s = round(st.outage_s, 3), round(st.max_outage_s, 3)
         summary.fps = round(summary.frames / summary.seconds, 2) if summary.seconds > 0 else 0.0
         summary.stop_reason = self._stop_reason or "stopped"
         summary.latency_ms = {s: self.stats[s].summary() for s in STAGES}

@@ -47,6 +47,9 @@ class SourceStats:
     dropped: int = 0  # live: overwritten before anyone captured them
     corrupt: int = 0  # unreadable or malformed frames/images, skipped
     reconnects: int = 0  # successful re-opens after a live source dropped
+    reconnect_failures: int = 0  # re-open attempts that failed (each followed by a longer backoff)
+    outage_s: float = 0.0  # live: seconds from each drop to its successful re-open, summed
+    max_outage_s: float = 0.0  # live: the longest of them
     loops: int = 0  # times a file or folder was restarted (--loop)
 
 

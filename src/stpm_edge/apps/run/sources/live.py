@@ -102,12 +102,17 @@ class LiveSource(VideoSource):
                     bad_run = 0
                     self._publish(frame)
                     continue
+            t_drop = time.perf_counter()
             reader.release()
             reader = None
             bad_run = 0
             if self._closing.is_set():
                 break
             reader = self._reopen()
+            if reader is not None:
+                outage = time.perf_counter() - t_drop
+                self.stats.outage_s += outage
+                self.stats.max_outage_s = max(self.stats.max_outage_s, outage)
         if reader is not None:
             reader.release()
 
@@ -140,6 +145,7 @@ class LiveSource(VideoSource):
             except StpmError as e:
                 last = str(e)
                 attempt += 1
+                self.stats.reconnect_failures += 1
                 logger.info("%s: reconnect attempt %d failed", self.spec.uri, attempt)
                 continue
             self.stats.reconnects += 1
