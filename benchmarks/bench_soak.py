@@ -90,7 +90,7 @@ def machine() -> dict:
 
 
 def soak(model: Path, video: Path, frames: int, every: int, out_dir: Path, threads_n: int | None,
-         video_out: bool, threshold: float | None) -> dict:
+         video_out: bool, threshold: float | None, container: str = ".mp4") -> dict:
     import cv2  # noqa: PLC0415
 
     from stpm_edge.apps.run.outputs import EventSink, VideoSink  # noqa: PLC0415
@@ -125,7 +125,7 @@ def soak(model: Path, video: Path, frames: int, every: int, out_dir: Path, threa
     try:
         src.open()
         if video_out:
-            sinks.append(VideoSink(out_dir / "soak.mp4", src.fps or FPS))
+            sinks.append(VideoSink(out_dir / f"soak{container}", src.fps or FPS))
         sinks.append(EventSink(out_dir / "events.jsonl", str(video)))
         print(f"{'frames':>9} {'seconds':>9} {'fps':>8} {'RSS MiB':>9} {'fds':>5} {'threads':>7}")
         t0 = time.perf_counter()
@@ -139,8 +139,8 @@ def soak(model: Path, video: Path, frames: int, every: int, out_dir: Path, threa
     ref = by_frames.get(10_000) or (samples[min(1, len(samples) - 1)] if samples else None)
     last = samples[-1] if samples else None
     out_frames = 0
-    if video_out and (out_dir / "soak.mp4").is_file():
-        cap = cv2.VideoCapture(str(out_dir / "soak.mp4"))
+    if video_out and (out_dir / f"soak{container}").is_file():
+        cap = cv2.VideoCapture(str(out_dir / f"soak{container}"))
         out_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         cap.release()
     drift = round(100.0 * (last["rss_mib"] - ref["rss_mib"]) / ref["rss_mib"], 2) if ref and last else None
@@ -167,7 +167,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="Backend CPU threads (0: the backend's choice).")
     ap.add_argument("--threshold", type=float, help="NG threshold (default: the model's; for the model built "
                     "here, one that makes about a fifth of the frames NG).")
-    ap.add_argument("--no-video", action="store_true", help="No mp4 output (events only).")
+    ap.add_argument("--no-video", action="store_true", help="No video output (events only).")
+    ap.add_argument("--container", default=".mp4", choices=[".mp4", ".mkv", ".avi"],
+                    help="Video container of the output: MP4 keeps a per-frame index in memory until the file is "
+                         "closed (~70 B/frame), Matroska one entry per cluster.")
     ap.add_argument("--keep", type=Path, help="Keep the outputs (and the built model) in this folder.")
     ap.add_argument("--json-out", type=Path)
     ap.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)
@@ -190,7 +193,8 @@ def main() -> None:
             model, video = model or work / "model.onnx", video or work / "line.mp4"
         result = {"machine": machine(), "model": str(model), "video": str(video),
                   "threshold": a.threshold,
-                  **soak(model, video, a.frames, a.every, work, a.threads or None, not a.no_video, a.threshold)}
+                  **soak(model, video, a.frames, a.every, work, a.threads or None, not a.no_video, a.threshold,
+                         a.container), "container": None if a.no_video else a.container}
     print(f"\n{result['frames']} frames in {result['seconds']:.0f} s ({result['fps']:.1f} fps, {result['loops']} loops, "
           f"{result['backend']}); RSS {result['rss_mib_ref']} MiB at {result['rss_ref_frames']} frames -> "
           f"{result['rss_mib_end']} MiB at the end ({result['rss_drift_pct']:+.2f} %); fds {result['fds_ref']} -> "

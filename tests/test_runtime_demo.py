@@ -9,10 +9,9 @@ import cv2
 from _cli import CliRunner
 
 from stpm_edge.cli.app import app
-from stpm_edge.apps.demo import (DemoConfig, build_demo, calibrated_threshold, demo_cache_dir, demo_plan,
-                                    demo_report)
+from stpm_edge.apps.demo import DemoConfig, build_demo, demo_cache_dir, demo_plan, demo_report
 
-TINY = ["--demo-image-size", "64", "--demo-budget", "1", "--demo-frames", "16"]
+TINY = ["--demo-image-size", "64", "--demo-epochs", "1", "--demo-frames", "16"]
 
 
 def test_demo_builds_once_then_starts_from_the_cache(tmp_path, monkeypatch):
@@ -43,14 +42,16 @@ def test_demo_builds_once_then_starts_from_the_cache(tmp_path, monkeypatch):
 
 
 def test_build_demo_api_and_helpers(tmp_path):
-    cfg = DemoConfig(image_size=64, budget_s=0.5, epochs=1, n_train=8, frames=6, period=3, first=1)
+    cfg = DemoConfig(image_size=64, epochs=1, n_train=8, frames=6, period=3, first=1)
     assets = build_demo(tmp_path, cfg)
     assert not assets.cached and assets.defect_frames == [1, 4] and assets.model.is_file()
     assert [d["kind"] for d in assets.manifest["defects"]] == ["scratch", "spot"]
     assert build_demo(tmp_path, cfg).cached
     assert demo_cache_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/stpm-edge/demo")
     assert demo_cache_dir({}) == Path.home() / ".cache" / "stpm-edge" / "demo"
-    assert calibrated_threshold([0.1, 0.2]) == 0.5
-    assert calibrated_threshold([0.5, 0.6, 0.55]) > 0.6
+    m = assets.manifest
+    assert m["threshold"] == 0.5 and len(m["commissioning_scores"]) == 10
+    assert m["commissioning_flagged"] == sum(v >= 0.5 for v in m["commissioning_scores"])
+    assert m["training"]["stop_reason"] == "epochs"  # by rule: never by the clock
     assert demo_report([5, 13], [5, 7]) == {"defect_frames": [5, 13], "ng_frames": [5, 7], "detected": 1,
                                            "missed": [13], "false_alarms": [7]}

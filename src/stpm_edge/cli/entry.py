@@ -17,6 +17,13 @@ EXIT_INTERRUPTED = 130
 # OpenCV is imported; a user's own setting wins.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+# OpenMP threads (PyTorch's libgomp) that wait for work spin ~300k iterations by default; when
+# other processes share the cores, the spinning threads take the CPU from the one doing the
+# work. Measured (BENCHMARKS.md, "Training on a busy machine"): 4 epochs took 25–136 s instead
+# of 5–6 s with two other CPU-bound processes on 2 cores; with a short spin, 6–12 s, at no
+# measurable cost on a quiet machine. Set before PyTorch is imported; a user's setting wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "3000")
+os.environ.setdefault("KMP_BLOCKTIME", "1")  # the same for Intel OpenMP builds (ms before sleeping)
 
 
 def guarded(prog: str, start) -> None:

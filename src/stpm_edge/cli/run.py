@@ -66,10 +66,10 @@ def _print_summary(s: dict, demo: dict | None) -> None:
                       f"{len(demo['false_alarms'])} false alarms)", highlight=False)
 
 
-def _demo_assets(image_size: int, budget: float, frames: int, rebuild: bool, quiet: bool) -> Any:
+def _demo_assets(image_size: int, epochs: int, frames: int, rebuild: bool, quiet: bool) -> Any:
     from stpm_edge.apps.demo import DemoConfig, build_demo, demo_cache_dir
 
-    cfg = DemoConfig(image_size=image_size, budget_s=budget, frames=frames)
+    cfg = DemoConfig(image_size=image_size, epochs=epochs, frames=frames)
     status = console.status("demo: preparing", spinner="dots") if not quiet else None
     if status:
         status.start()
@@ -142,8 +142,9 @@ def run_cmd(
                                      "frames and report stpm-run's throughput as a share of it."),
     demo: bool = typer.Option(False, "--demo", help="Build (once, cached) a sample model and inspection video and "
                               "stream it; writes stpm-demo.mp4 unless --output is given."),
-    demo_image_size: int = typer.Option(256, help="Demo: image and model size.", hidden=True),
-    demo_budget: float = typer.Option(90.0, help="Demo: training time budget in seconds.", hidden=True),
+    demo_image_size: int = typer.Option(128, help="Demo: image and model size.", hidden=True),
+    demo_epochs: int = typer.Option(40, help="Demo: training epochs at most (early stopping may end sooner).",
+                                    hidden=True),
     demo_frames: int = typer.Option(60, help="Demo: frames in the inspection video.", hidden=True),
     rebuild_demo: bool = typer.Option(False, "--rebuild-demo", help="Demo: rebuild the cached model and video."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -186,7 +187,7 @@ def run_cmd(
     if demo:
         if model is not None or source is not None or camera is not None:
             raise StpmError("--demo brings its own model and video; drop MODEL, --camera and --source")
-        assets = _demo_assets(demo_image_size, demo_budget, demo_frames, rebuild_demo, json_out)
+        assets = _demo_assets(demo_image_size, demo_epochs, demo_frames, rebuild_demo, json_out)
         model, source = assets.model, str(assets.video)
         threshold = assets.manifest["threshold"] if threshold is None else threshold
         output = output or Path("stpm-demo.mp4")
