@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from test_anomalib_import import SIZE, _test_images, anomalib_ckpt, assert_refused, save
+from test_anomalib_import import SIZE, _test_images, anomalib_ckpt, assert_onnx_agrees, assert_refused, fit_and_import, save
 from stpm_edge.interop.anomalib import import_anomalib
 from stpm_edge.models.checkpoint import load_checkpoint
 
@@ -110,8 +109,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     an empty trunk."""
     pytest.importorskip("anomalib", reason="anomalib is not installed (pip install 'stpm-edge[anomalib]')")
     import anomalib.models.image.cfa.torch_model as cfa_torch
-    from anomalib.data import Folder
-    from anomalib.engine import Engine
     from anomalib.models import Cfa
 
     from stpm_edge.data.sample import make_sample_dataset
@@ -126,17 +123,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
                     pre_processor=Cfa.configure_pre_processor(image_size=(SIZE, SIZE)))
     finally:
         cfa_torch.get_feature_extractor = original
-    defects = sorted(p.name for p in (data / "test").iterdir() if p.name != "good")
-    datamodule = Folder(name="brick", root=data, normal_dir="train/good", normal_test_dir="test/good",
-                        abnormal_dir=[f"test/{d}" for d in defects], mask_dir=[f"ground_truth/{d}" for d in defects],
-                        train_batch_size=4, eval_batch_size=4, num_workers=0, seed=0)
-    engine = Engine(max_epochs=1, accelerator="cpu", devices=1, logger=False, default_root_dir=str(root / "results"),
-                    enable_progress_bar=False)
-    engine.fit(model=model, datamodule=datamodule)
-    ckpt = Path(engine.trainer.checkpoint_callback.best_model_path)
-    out = root / "model.pt"
-    import_anomalib(ckpt, out)
-    return {"model": model.eval(), "ckpt": ckpt, "imported": out, "data": data, "root": root}
+    return fit_and_import("cfa", model, data, root)
 
 
 @torch.no_grad()
@@ -166,21 +153,4 @@ def test_cfa_pytorch_map_equals_anomalib_torch_model(trained: dict):
 
 @pytest.mark.parametrize("input_mode", ["uint8-bgr", "float-rgb"])
 def test_cfa_onnx_export_agrees_with_anomalib(trained: dict, input_mode: str, tmp_path: Path):
-    import onnxruntime as ort
-
-    from stpm_edge.export.onnx_export import export_onnx
-    from stpm_edge.models.deploy import ExportConfig
-
-    x, amap, score, label = _anomalib_outputs(trained)
-    _, meta = load_checkpoint(trained["imported"])
-    norm = meta.normalization
-    res = export_onnx(trained["imported"], tmp_path, ExportConfig(input=input_mode, dynamic_batch=True))
-    images, _ = _test_images(trained["data"])
-    feed = np.stack(images) if input_mode == "uint8-bgr" else x.numpy()
-    sess = ort.InferenceSession(str(res.onnx_path), providers=["CPUExecutionProvider"])
-    o_map, o_score = sess.run(None, {sess.get_inputs()[0].name: feed})
-    d_map = float(np.abs(o_map - norm.normalize_pixel(amap.numpy())).max())
-    d_score = float(np.abs(o_score - norm.normalize_image(score.numpy())).max())
-    print(f"cfa {input_mode}: ORT max |Δmap| {d_map:.2e}, |Δscore| {d_score:.2e} (normalised units)")
-    assert d_map <= 1e-4 and d_score <= 1e-4
-    assert ((o_score >= 0.5) == label.numpy()).all()  # anomalib's own image-level decisions
+    assert_onnx_agrees(trained, _anomalib_outputs(trained), input_mode, tmp_path)

