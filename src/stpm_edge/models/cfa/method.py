@@ -14,11 +14,8 @@ from stpm_edge.models.cfa.config import CFAConfig, CFARecipe, parse_option
 from stpm_edge.models.cfa.head import CFAMapHead, MemorySearch
 from stpm_edge.models.cfa.loss import cfa_loss_per_image, init_memory_bank
 from stpm_edge.models.cfa.model import CFA
-from stpm_edge.models.method import Method, MethodOptions, StepContext
+from stpm_edge.models.method import Method, MethodOptions, StepContext, load_parts, parts_state
 from stpm_edge.models.normalization import Normalization, linear_rule
-
-PARTS = ("backbone", "descriptor", "bank")
-
 
 class CFAInference(nn.Module):
     """Normalised batch → backbone → descriptor → memory search → map head → (raw map, raw
@@ -64,36 +61,25 @@ class CFAMethod(Method):
         return CFA.build(config, image_size, pretrained=pretrained, weights_file=weights_file, seed=seed)
 
     def state(self, model: CFA) -> dict[str, dict[str, torch.Tensor]]:
-        return {
-            "backbone": {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()},
-            "descriptor": {k: v.detach().cpu().clone() for k, v in model.descriptor.state_dict().items()},
-            "bank": {"memory_bank": model.memory_bank.detach().cpu().clone(),
-                     "radius": model.radius.detach().cpu().clone()},
-        }
+        return {**parts_state(model, ("backbone", "descriptor")),
+                "bank": {"memory_bank": model.memory_bank.detach().cpu().clone(),
+                         "radius": model.radius.detach().cpu().clone()}}
 
     def load_state(self, model: CFA, state: dict[str, Any], where: str) -> None:
-        for part in PARTS:
-            sd = state.get(part)
-            if not isinstance(sd, dict):
-                raise StpmError(f"{where}: not a CFA checkpoint (missing the {part} state)")
-            if not all(isinstance(v, torch.Tensor) for v in sd.values()):
-                raise StpmError(f"{where}: {part} state holds non-tensor values")
-            for key, value in sd.items():
-                if value.is_floating_point() and not torch.isfinite(value).all():
-                    raise StpmError(f"{where}: {part} tensor {key} contains NaN or Inf")
-        for part in ("backbone", "descriptor"):
-            try:
-                getattr(model, part).load_state_dict(state[part], strict=True)
-            except RuntimeError as exc:
-                detail = " ".join(str(exc).split())[:200]
-                raise StpmError(f"{where}: {part} weights do not fit {model.config.backbone} "
-                                f"{','.join(model.config.layers)} ({detail})") from None
-        bank, radius = state["bank"].get("memory_bank"), state["bank"].get("radius")
-        if bank is None or tuple(bank.shape) != tuple(model.memory_bank.shape):
-            got = None if bank is None else tuple(bank.shape)
+        bank_state = state.get("bank")
+        if not isinstance(bank_state, dict):
+            raise StpmError(f"{where}: not a CFA checkpoint (missing the bank state)")
+        load_parts(model, state, ("backbone", "descriptor"), where,
+                   f"{model.config.backbone} {','.join(model.config.layers)}")
+        bank, radius = bank_state.get("memory_bank"), bank_state.get("radius")
+        if not isinstance(bank, torch.Tensor) or tuple(bank.shape) != tuple(model.memory_bank.shape):
+            got = tuple(bank.shape) if isinstance(bank, torch.Tensor) else None
             raise StpmError(f"{where}: memory bank of shape {got}, the config needs {tuple(model.memory_bank.shape)}")
-        if radius is None or radius.numel() != 1:
+        if not isinstance(radius, torch.Tensor) or radius.numel() != 1:
             raise StpmError(f"{where}: the CFA radius must be one number")
+        for key, value in (("memory_bank", bank), ("radius", radius)):
+            if not value.is_floating_point() or not torch.isfinite(value).all():
+                raise StpmError(f"{where}: bank tensor {key} is not finite floating point")
         with torch.no_grad():
             model.memory_bank.copy_(bank)
             model.radius.copy_(radius.reshape(1))
