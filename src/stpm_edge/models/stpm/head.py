@@ -72,7 +72,7 @@ class GaussianBlur(nn.Module):
 
     ``border="reflect"`` pads by mirroring instead (without repeating the edge pixel, as
     ``F.pad(mode="reflect")``, anomalib's ``GaussianBlur2d``): a constant-index Gather per
-    pass (no Pad mode that TensorRT 8.5 lacks), then the same convolutions unpadded."""
+    pass (plain ops, whatever Pad modes a parser supports), then the same convolutions unpadded."""
 
     BORDERS = ("renorm", "reflect")
 
