@@ -25,7 +25,8 @@ def anomalib_cmd(
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Map an anomalib STFPM (teacher and student) or CFA (trunk, descriptor, memory bank) model's
-    weights, input size, normalisation and thresholds onto an stpm-edge checkpoint; anomalib itself is not needed (loads with weights_only)."""
+    weights, input size, normalisation and thresholds onto an stpm-edge checkpoint; anomalib itself
+    is not needed (loads with weights_only)."""
     setup_logging(verbose)
     from stpm_edge.interop.anomalib import import_anomalib
 

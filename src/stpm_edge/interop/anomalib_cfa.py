@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from stpm_edge.errors import StpmError
-from stpm_edge.interop.anomalib_parts import (BACKBONE_MAPS, Imported, carry_thresholds, map_trunk,
-                                              parse_backbone, parse_pre_processor, provenance)
+from stpm_edge.interop.anomalib_parts import (Imported, carry_thresholds, map_trunk, parse_backbone,
+                                              parse_pre_processor, provenance)
 
 _TRUNK, _DESC, _BANK = "model.feature_extractor.", "model.descriptor.layer.", "model.memory_bank"
 CFA_LEVELS = {"resnet18": ["layer1", "layer2", "layer3"], "wide_resnet50_2": ["layer1", "layer2", "layer3"]}
@@ -74,7 +74,6 @@ def convert_cfa(obj: dict, where: str) -> Imported:
         raise StpmError(f"{where}: unexpected weight {stray} in a CFA checkpoint")
     name, options = _hyper_parameters(obj.get("hyper_parameters"), where)
     timm_name, bmap, layers = parse_backbone({"backbone": name, "layers": CFA_LEVELS[name]}, where)
-    assert bmap is BACKBONE_MAPS[name]
     size, mean, std, resize = parse_pre_processor(obj, where)
     if size[0] != size[1]:  # anomalib resizes every level to a square grid (F.interpolate(x, int))
         raise StpmError(f"{where}: a CFA model for {size[1]}x{size[0]} input: anomalib's CFA runs on square "

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from stpm_edge.apps.run.outputs import Rendered, Sink
-from stpm_edge.apps.run.pipeline import STAGES, PipelineConfig
+from stpm_edge.apps.run.pipeline import STAGES, PipelineConfig, hand_over
 from stpm_edge.apps.run.sources import Status, VideoSource
 from stpm_edge.apps.run.stats import LatencyStats, rss_mb
 from stpm_edge.errors import StpmError, first_line
@@ -127,12 +127,7 @@ class MultiPipeline:
                     except queue.Empty:
                         pass
         else:
-            while not self._abort.is_set():
-                try:
-                    st.q.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            hand_over(st.q, item, self._abort)
         self._ready.set()
 
     def _capture_loop(self, st: Stream) -> None:
@@ -201,16 +196,6 @@ class MultiPipeline:
             self._ready.wait(0.05 if deadline is None else max(0.0, deadline - now))
         return batch, True
 
-    def _hand_over(self, q: queue.Queue, item: object) -> bool:
-        """Put ``item`` on ``q``, waiting while it is full; False when the run was aborted."""
-        while True:
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                if self._abort.is_set():
-                    return False
-
     def _batch_loop(self) -> None:
         try:
             rr, done = 0, False
@@ -219,13 +204,13 @@ class MultiPipeline:
                 rr += 1
                 if batch:
                     x = batch[0].x if len(batch) == 1 else np.concatenate([b.x for b in batch])
-                    if not self._hand_over(self._q_batches, (batch, x)):
+                    if not hand_over(self._q_batches, (batch, x), self._abort):
                         break
         except BaseException as e:  # noqa: BLE001 - batching failed: every stream stops
             self._errors.append(e)
             self._abort.set()
         finally:
-            self._hand_over(self._q_batches, _END)
+            hand_over(self._q_batches, _END, self._abort)
 
     def _infer_loop(self) -> None:
         try:
@@ -244,13 +229,13 @@ class MultiPipeline:
                 for i, item in enumerate(batch):
                     item.amap, item.score, item.x = amaps[i, 0], float(scores[i]), None
                     item.times["infer"] = dt
-                if not self._hand_over(self._q_out, batch):
+                if not hand_over(self._q_out, batch, self._abort):
                     break
         except BaseException as e:  # noqa: BLE001 - the model failed: every stream stops
             self._errors.append(e)
             self._abort.set()
         finally:
-            self._hand_over(self._q_out, _END)
+            hand_over(self._q_out, _END, self._abort)
 
     # -- render and output (calling thread) ------------------------------------------------
     def _render(self, item: _Item, result: Any) -> np.ndarray:

@@ -59,6 +59,18 @@ class PipelineConfig:
         return replace(self, style=self.style.validated())
 
 
+def hand_over(q: queue.Queue, item: object, abort: threading.Event) -> bool:
+    """Put ``item`` on ``q`` between pipeline stages, waiting while it is full; False when
+    ``abort`` is set before it fits (the consumer then stops on the abort, not on the item)."""
+    while True:
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            if abort.is_set():
+                return False
+
+
 @dataclass
 class _Item:
     index: int
@@ -143,12 +155,7 @@ class Pipeline:
                         self._queue_drops += 1
                     except queue.Empty:
                         pass
-        while not self._abort.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        hand_over(q, item, self._abort)
 
     # -- stage 1: capture --------------------------------------------------------------------
     def _capture_loop(self) -> None:

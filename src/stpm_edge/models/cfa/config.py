@@ -12,8 +12,8 @@ from stpm_edge.errors import StpmError
 from stpm_edge.models.backbones import get_spec, resolve_layers
 
 MAX_BLUR = 64.0
-MAX_NEIGHBOURS = 64
-BLUR_BORDERS = ("renorm", "reflect")  # K + J: a small TopK (TensorRT's TopK allows k <= 3840)
+MAX_NEIGHBOURS = 64  # K + J: a small TopK (TensorRT's TopK allows k <= 3840)
+BLUR_BORDERS = ("renorm", "reflect")  # the map blur's border: ours, or anomalib's mirrored one
 
 
 @dataclass(frozen=True)

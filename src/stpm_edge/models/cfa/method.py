@@ -17,6 +17,7 @@ from stpm_edge.models.cfa.model import CFA
 from stpm_edge.models.method import Method, MethodOptions, StepContext, load_parts, parts_state
 from stpm_edge.models.normalization import Normalization, linear_rule
 
+
 class CFAInference(nn.Module):
     """Normalised batch → backbone → descriptor → memory search → map head → (raw map, raw
     score). ``backbone`` and ``descriptor`` are the low-precision region; the memory search
