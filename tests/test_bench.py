@@ -17,6 +17,7 @@ from stpm_edge.bench.machine import busy_warning, parse_cpuinfo
 from stpm_edge.bench.peak import Peak, peak_for
 from stpm_edge.bench.plan import Env, BenchFiles, Request, batch_note, plan
 from stpm_edge.bench.report import markdown, rich_tables
+from stpm_edge.bench.runner import time_calls
 from stpm_edge.bench.schema import check_report
 from stpm_edge.bench.stats import percentile, summarize
 from stpm_edge.cli.app import app
@@ -189,6 +190,31 @@ def test_plan_cuda_requested_without_gpu():
     assert any(s.device == "cuda" and "no CUDA GPU" in s.reason for s in skips)
 
 
+def test_plan_streams_and_a_triton_model():
+    combos, _ = plan(_files(), CPU_ENV, Request(backends=("onnxruntime",), precisions=("fp32",), batches=(1, 4),
+                                                streams=(1, 4)))
+    assert [(c.label, c.batch, c.streams) for c in combos] == [
+        ("onnxruntime fp32", 1, 1), ("onnxruntime fp32", 4, 1), ("onnxruntime fp32 × 4 streams", 1, 4),
+        ("onnxruntime fp32 × 4 streams", 4, 4)]
+    assert len({c.group for c in combos}) == 1  # one loaded backend serves every row
+    served = BenchFiles(triton="triton://gpu:8000/stpm")
+    combos, skips = plan(served, GPU_ENV, Request(batches=(1, 8), streams=(2,)))
+    assert skips == [] and [(c.backend, c.precision, c.device, c.batch, c.streams, c.path) for c in combos] == [
+        ("triton", "served", "remote", 1, 2, "triton://gpu:8000/stpm"),
+        ("triton", "served", "remote", 8, 2, "triton://gpu:8000/stpm")]
+
+
+def test_concurrent_clients_are_timed_together():
+    import time as _time
+
+    s = time_calls(lambda: _time.sleep(0.02), warmup=1, iters=5, batch=2, streams=4)
+    assert s.iters == 20 and s.batch == 2 and 18 <= s.p50 <= 60
+    frames = 4 * 5 * 2
+    assert frames / (5 * 0.02) >= s.throughput_fps > 1.5 * frames / (20 * 0.02)  # the 4 clients overlapped
+    with pytest.raises(ZeroDivisionError):
+        time_calls(lambda: 1 / 0, warmup=0, iters=2, batch=1, streams=3)
+
+
 def test_peak_for_falls_back_to_fp32():
     peaks = [Peak("cpu", "fp32", 100.0, "x"), Peak("cpu", "int8", 400.0, "y"), Peak("cuda", "fp16", 900.0, "z")]
     assert peak_for(peaks, "cpu", "int8").gflops == 400.0
@@ -307,6 +333,15 @@ def test_bench_checkpoint_is_exported_first(tiny_export):
     assert any("--calib" in r for r in reasons)
 
 
+def test_bench_concurrent_streams_rows(tiny_export):
+    rep, _ = _bench([str(tiny_export), "--backends", "onnxruntime", "--precisions", "fp32", "--streams", "1,3",
+                     "--warmup", "1", "--iters", "4", "--no-peak", "--json"])
+    assert check_report(rep) == [] and rep["settings"]["streams"] == [1, 3]
+    rows = {r["streams"]: r for r in rep["results"]}
+    assert rows[1]["label"] == "onnxruntime fp32" and rows[3]["label"] == "onnxruntime fp32 × 3 streams"
+    assert rows[1]["iters"] == 4 and rows[3]["iters"] == 12 and rows[3]["throughput_fps"] > 0
+
+
 def test_bench_table_output(tiny_export):
     res = CliRunner().invoke(app, ["bench", str(tiny_export), "--backends", "onnxruntime", "--precisions", "fp32",
                                    "--warmup", "0", "--iters", "2", "--no-peak"])
@@ -332,6 +367,12 @@ def test_bench_user_errors(tiny_export, tmp_path):
     assert res.exit_code == 1 and "no such model file" in res.stderr
     res = runner.invoke(app, ["bench", str(tiny_export), "--batch", "0"])
     assert res.exit_code == 1 and "--batch" in res.stderr
+    res = runner.invoke(app, ["bench", str(tiny_export), "--streams", "x"])
+    assert res.exit_code == 1 and "stpm-bench: --streams 'x'" in res.stderr
+    res = runner.invoke(app, ["bench", "triton://host:8000/a/b"])
+    assert res.exit_code == 1 and "triton://host:8000/a/b" in res.stderr and "\n" not in res.stderr.strip()
+    res = runner.invoke(app, ["bench", "triton://host:8000/m", "--calib", str(tmp_path)])
+    assert res.exit_code == 1 and "apply when MODEL is a checkpoint" in res.stderr
 
 
 def test_check_report_finds_problems():

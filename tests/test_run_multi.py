@@ -15,7 +15,7 @@ from _cli import CliRunner
 from _trt_models import write_onnx
 
 from stpm_edge.apps.run.multi import MultiPipeline, Stream
-from stpm_edge.apps.run.outputs import Rendered, Sink
+from stpm_edge.apps.run.outputs import Rendered, Sink, TiledWindowSink, tile_mosaic
 from stpm_edge.apps.run.pipeline import PipelineConfig
 from stpm_edge.apps.run.sources import Capture, Status, VideoSource, open_source, parse_uri
 from stpm_edge.cli.app import app
@@ -161,3 +161,35 @@ def test_cli_multi_stream(model: Path, videos: list[Path], tmp_path: Path) -> No
     assert len(lines) == s["ng_frames"] > 0
     assert {ln["stream"] for ln in lines} <= {"s0", "s1", "s2"} and all(ln["source"] != "multi" for ln in lines)
     assert all(p.name.startswith(("s0_", "s1_", "s2_")) for p in (tmp_path / "ng").iterdir())
+
+
+# ---------------------------------------------------------------------------- tiled window
+def test_tile_mosaic_places_each_stream_in_its_cell() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 256, (60, 80, 3), np.uint8), rng.integers(0, 256, (120, 160, 3), np.uint8)
+    out = tile_mosaic([a, None, b], ["", "", ""], max_width=1920)
+    assert out.shape == (2 * 60, 2 * 80, 3)  # ceil(sqrt(3)) = 2 columns, cells of the first tile's size
+    np.testing.assert_array_equal(out[:60, :80], a)
+    assert not out[:60, 80:].any() and not out[60:, 80:].any()  # the missing tile and the empty cell are black
+    np.testing.assert_array_equal(out[60:, :80], cv2.resize(b, (80, 60), interpolation=cv2.INTER_AREA))
+    wide = tile_mosaic([a] * 9, [f"s{i}" for i in range(9)], max_width=150)  # 3 columns of 50 px
+    assert wide.shape == (3 * round(50 * 60 / 80), 150, 3)
+    labelled = tile_mosaic([a], ["s0"])
+    assert labelled.shape == a.shape and not np.array_equal(labelled, a)  # the label is drawn on a copy
+    assert tile_mosaic([a], [""]) is a  # one unlabelled tile: the single-source window, no copy
+
+
+def test_tiled_window_shows_all_streams_and_q_stops_the_run(model: Path, videos: list[Path]) -> None:
+    shown: list[np.ndarray] = []
+    keys = iter([-1] * 3 + [ord("q")] * 1000)
+    window = TiledWindowSink(["s0", "s1", "s2"], max_fps=0.0, show=lambda title, img: shown.append(img.copy()),
+                             poll=lambda: next(keys))
+    det = Detector(model, backend="cpu")
+    streams = [Stream(f"s{i}", open_source(str(v))) for i, v in enumerate(videos)]
+    summary = MultiPipeline(det, streams, [window], PipelineConfig(batch=3, hud=False)).run()
+    for st in streams:
+        st.source.close()
+    det.close()
+    assert summary["stop_reason"] == "window closed" and summary["frames"] < sum(LENGTHS)
+    assert len(shown) >= 4 and all(m.shape == (2 * 128, 2 * 128, 3) for m in shown)
+    assert window.stop_requested and window.describe() == "window 'stpm-run' (3 streams tiled)"

@@ -245,6 +245,34 @@ def test_stpm_run_through_triton(server: Server, tmp_path: Path) -> None:
     assert len(events.read_text().splitlines()) == summary["ng_frames"]
 
 
+def test_stpm_bench_through_triton(server: Server, model: Path) -> None:
+    """stpm-bench against the served model: batch × concurrent clients rows, every frame served once."""
+    from _cli import CliRunner
+
+    from stpm_edge.bench.schema import check_report
+    from stpm_edge.cli.app import app
+
+    def served() -> int:
+        return sum(b["batch_size"] * b["compute_infer"]["count"] for b in server.stats().get("batch_stats", []))
+
+    before = served()
+    res = CliRunner().invoke(app, ["bench", uri(server), "--batch", "1,4", "--streams", "1,4", "--warmup", "1",
+                                   "--iters", "5", "--json"])
+    assert res.exit_code == 0, res.stderr
+    rep = json.loads(res.stdout)
+    assert check_report(rep) == [] and rep["skipped"] == [] and rep["peaks"] == []
+    rows = {(r["batch"], r["streams"]): r for r in rep["results"]}
+    assert set(rows) == {(1, 1), (4, 1), (1, 4), (4, 4)}
+    assert all(r["backend"] == "triton" and r["device"] == "remote" and r["throughput_fps"] > 0 for r in rows.values())
+    assert rows[(4, 4)]["label"] == "triton served × 4 streams" and rows[(4, 4)]["iters"] == 20
+    with Detector(model, backend="cpu") as local:
+        assert rep["model"]["input"] == local.input_spec.to_dict()
+    assert served() - before == sum((1 + 5) * b * n for b, n in rows)  # warm-up and timed calls, nothing lost
+    for (b, n), r in sorted(rows.items()):
+        print(f"\nstpm-bench triton batch {b} × {n} streams: p50 {r['latency_ms']['p50']} ms, "
+              f"p99 {r['latency_ms']['p99']} ms, {r['throughput_fps']} frames/s")
+
+
 def test_server_restart_is_survived(server: Server, model: Path) -> None:
     local = Detector(model, backend="cpu")
     det = Detector(uri(server, retries=30, timeout=10))

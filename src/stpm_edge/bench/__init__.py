@@ -16,4 +16,4 @@ Modules (each small, decisions kept pure so they are tested without the hardware
 from __future__ import annotations
 
 SCHEMA = "stpm-edge/bench"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: rows and settings have ``streams``; backend ``triton``

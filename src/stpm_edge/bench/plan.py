@@ -12,6 +12,10 @@ A pure function of what was found (:class:`BenchFiles`, :class:`Env`) and what w
   (``model.int8.onnx`` = TensorRT's symmetric Q/DQ form, ``model.int8.cpu.onnx`` = ORT x86
   form), one labelled row each; CPU provider on ``cpu``, CUDA provider on ``cuda``.
 * **tensorrt**: ``model.<precision>.engine`` beside the model, CUDA only (+ a CUDA-graph row).
+* **triton** (``MODEL`` is a ``triton://HOST:PORT/NAME`` URI): the served model, one row per batch
+  (precision ``served``: whatever the server runs), nothing local.
+* **streams**: ``--streams N`` runs a row as N client threads calling the one loaded backend at
+  once (N cameras on one model): latency per call as each client sees it, throughput of all.
 * **batch**: a dynamic-batch export runs each batch in one call. A fixed-batch export runs a
   larger batch as chunks of its batch and a smaller one padded to it (what every backend does,
   see ``runtime.backends.base``); such rows carry a note saying so.
@@ -22,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")  # local; a triton:// MODEL runs on the triton backend only
 PRECISIONS = ("fp32", "fp16", "int8")
 DEVICES = ("cpu", "cuda")
 # ONNX file variants beside model.onnx: key → (precision, form)
@@ -43,6 +47,7 @@ class BenchFiles:
     checkpoint_problem: str = ""
     model_batch: int | None = None
     missing_hint: dict[str, str] = field(default_factory=dict)  # variant key → how to make it
+    triton: str = ""  # a triton:// URI: the model on a Triton server instead of files
 
     def base_name(self) -> str:
         p = self.onnx.get("fp32") or next(iter(self.onnx.values()), None)
@@ -66,6 +71,7 @@ class Request:
     batches: tuple[int, ...] = (1,)
     devices: tuple[str, ...] = ("auto",)
     cuda_graphs: bool = True
+    streams: tuple[int, ...] = (1,)
 
 
 @dataclass(frozen=True)
@@ -76,10 +82,11 @@ class Combo:
     precision: str
     device: str
     batch: int
-    path: Path
+    path: Path | str  # str: a triton:// URI
     form: str = ""
     cuda_graph: bool = False
     note: str = ""
+    streams: int = 1  # client threads calling the backend at once
 
     @property
     def label(self) -> str:
@@ -91,11 +98,13 @@ class Combo:
             text += f" ({FORM_LABELS.get(self.form, self.form)})"
         if self.cuda_graph:
             text += " + CUDA graph"
+        if self.streams > 1:
+            text += f" × {self.streams} streams"
         return text
 
     @property
     def group(self) -> tuple:
-        """Rows sharing one loaded backend (they differ only in batch)."""
+        """Rows sharing one loaded backend (they differ only in batch and streams)."""
         return (self.backend, self.precision, self.form, self.device, self.cuda_graph, str(self.path))
 
 
@@ -162,15 +171,20 @@ def _torch_rows(files: BenchFiles, device: str, precisions: Sequence[str], graph
 
 def plan(files: BenchFiles, env: Env, req: Request) -> tuple[list[Combo], list[Skip]]:
     """The combinations to run (grouped by loaded backend, batches innermost) and the skips."""
-    devices, skips = resolve_devices(req.devices, env)
     combos: list[Combo] = []
 
-    def add(backend: str, precision: str, device: str, path: Path, form: str = "", graph: bool = False,
+    def add(backend: str, precision: str, device: str, path: Path | str, form: str = "", graph: bool = False,
             note: str = "", fixed_batch: bool = True) -> None:
-        for b in req.batches:
-            bn = batch_note(files.model_batch, b) if fixed_batch else ""
-            notes = "; ".join(x for x in (note, bn) if x)
-            combos.append(Combo(backend, precision, device, b, path, form, graph, notes))
+        for n in req.streams:
+            for b in req.batches:
+                bn = batch_note(files.model_batch, b) if fixed_batch else ""
+                notes = "; ".join(x for x in (note, bn) if x)
+                combos.append(Combo(backend, precision, device, b, path, form, graph, notes, n))
+
+    if files.triton:
+        add("triton", "served", "remote", files.triton)
+        return combos, []
+    devices, skips = resolve_devices(req.devices, env)
 
     for device in devices:
         if "torch" in req.backends:
@@ -219,10 +233,10 @@ def plan(files: BenchFiles, env: Env, req: Request) -> tuple[list[Combo], list[S
     return combos, skips
 
 
-def reference_key(c: Combo) -> tuple[str, int]:
-    return (c.device, c.batch)
+def reference_key(c: Combo) -> tuple[str, int, int]:
+    return (c.device, c.batch, c.streams)
 
 
 def is_reference(c: Combo) -> bool:
-    """The PyTorch eager FP32 row (no CUDA graph) is the reference of its device and batch."""
+    """The PyTorch eager FP32 row (no CUDA graph) is the reference of its device, batch and streams."""
     return c.backend == "torch" and c.precision == "fp32" and not c.cuda_graph

@@ -7,8 +7,8 @@ interleaved: on a busy machine, load that comes and goes moves rows differently,
 records the load average before and after and warns when the machine was busy. Per row: ``warmup`` untimed calls, then ``iters`` timed calls of ``batch`` random
 frames of the model's input (content does not change the speed of a dense network).
 
-* latency: per call, p50/p90/p99/mean/min/max in ms;
-* throughput: ``iters·batch / wall time of the timed loop`` (frames/s);
+* latency: per call, p50/p90/p99/mean/min/max in ms (with ``streams`` > 1: every client's calls);
+* throughput: ``iters·batch / wall time of the timed loop`` (frames/s; all clients together);
 * speed ratio: the PyTorch eager FP32 row of the same device and batch, p50 over p50
   (>1 = faster than the reference);
 * GFLOP/s: GFLOP per frame (counted on ``model.onnx``, the same network in every precision)
@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import logging
 import tempfile
+import threading
 import time
 import typing
 from collections.abc import Callable, Sequence
@@ -34,10 +35,12 @@ from stpm_edge.bench.flops import count_flops
 from stpm_edge.bench.machine import busy_warning, describe_machine, load_average
 from stpm_edge.bench.models import discover, export_checkpoint
 from stpm_edge.bench.peak import Peak, measure_peaks, peak_for
-from stpm_edge.bench.plan import BACKENDS, PRECISIONS, Combo, Env, Request, Skip, is_reference, plan
+from stpm_edge.bench.plan import (BACKENDS, PRECISIONS, BenchFiles, Combo, Env, Request, Skip, is_reference, plan,
+                                  reference_key)
 from stpm_edge.bench.stats import LatencySummary, summarize
 from stpm_edge.errors import StpmError, first_line
 from stpm_edge.runtime.backends.base import Backend, InputSpec
+from stpm_edge.runtime.backends.triton import is_triton_uri, parse_triton_uri
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ Status = typing.Callable[[str, int, int], None]
 
 @dataclass
 class BenchConfig:
-    model: Path
+    model: Path | str  # str: a triton:// URI
     checkpoint: Path | None = None
     backends: tuple[str, ...] = BACKENDS
     precisions: tuple[str, ...] = PRECISIONS
@@ -63,14 +66,22 @@ class BenchConfig:
     profile: bool = True  # ORT CPU rows: profile once more for the time outside the trunks (bench/profile.py)
     isolate: bool = False  # each loaded backend in a fresh process (clean peak RSS; ~3 s more per backend)
     work_dir: Path | None = None  # where a .pt is exported (default: a temporary folder)
+    streams: tuple[int, ...] = (1,)  # client threads calling one loaded backend at once
 
     def validated(self) -> BenchConfig:
         if self.warmup < 0 or self.iters < 1:
             raise StpmError(f"--warmup {self.warmup} / --iters {self.iters}: expected warmup >= 0 and iters >= 1")
         if not self.batches or any(b < 1 for b in self.batches):
             raise StpmError(f"--batch {','.join(map(str, self.batches))}: expected positive integers")
+        if not self.streams or any(n < 1 for n in self.streams):
+            raise StpmError(f"--streams {','.join(map(str, self.streams))}: expected positive integers")
         if self.threads is not None and self.threads < 1:
             raise StpmError(f"--threads {self.threads}: expected a positive integer")
+        if is_triton_uri(self.model):
+            parse_triton_uri(str(self.model))  # a malformed URI: one-line error now
+            if self.checkpoint is not None or self.calib is not None or self.work_dir is not None:
+                raise StpmError("--checkpoint, --calib and --work-dir do not apply to a triton:// model")
+            return self
         suffix = Path(self.model).suffix.lower()
         if suffix not in (".onnx", ".pt", ".pth"):
             raise StpmError(f"{self.model}: expected a checkpoint (.pt) or an exported model (.onnx)")
@@ -130,6 +141,10 @@ def open_combo(c: Combo, threads: int) -> Backend:
         from stpm_edge.tensorrt.runner import TensorRTBackend  # noqa: PLC0415
 
         return TensorRTBackend(c.path, cuda_graph=c.cuda_graph)
+    if c.backend == "triton":
+        from stpm_edge.runtime.backends.triton import TritonBackend  # noqa: PLC0415
+
+        return TritonBackend(str(c.path))
     raise StpmError(f"unknown backend {c.backend!r}")
 
 
@@ -141,18 +156,54 @@ def make_frames(spec: InputSpec, batch: int, seed: int = 0) -> np.ndarray:
     return rng.standard_normal(shape, dtype=np.float32)
 
 
-def time_calls(fn: Callable[[], Any], warmup: int, iters: int, batch: int) -> LatencySummary:
-    """``warmup`` untimed calls, then ``iters`` timed ones (perf_counter per call)."""
-    for _ in range(warmup):
-        fn()
-    lat = []
+def time_calls(fn: Callable[[], Any], warmup: int, iters: int, batch: int, streams: int = 1) -> LatencySummary:
+    """``warmup`` untimed calls, then ``iters`` timed ones (perf_counter per call); with ``streams``
+    > 1, that many threads do so at once (each its warmup, then all start timing together), and
+    the summary holds every thread's calls over the wall time of the slowest."""
+    if streams == 1:
+        for _ in range(warmup):
+            fn()
+        lat = []
+        c0, t_start = time.process_time(), time.perf_counter()
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            lat.append(time.perf_counter() - t0)
+        wall, cpu = time.perf_counter() - t_start, time.process_time() - c0
+        return summarize(lat, batch, wall, cpu)
+    lats: list[list[float]] = [[] for _ in range(streams)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(streams + 1)
+
+    def client(k: int) -> None:
+        try:
+            for _ in range(warmup):
+                fn()
+        except BaseException as e:  # noqa: BLE001 - reported after the others finished
+            errors.append(e)
+        start.wait()
+        if errors:
+            return
+        try:
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                fn()
+                lats[k].append(time.perf_counter() - t0)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(k,), name=f"bench-client-{k}", daemon=True)
+               for k in range(streams)]
+    for t in threads:
+        t.start()
+    start.wait()
     c0, t_start = time.process_time(), time.perf_counter()
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        lat.append(time.perf_counter() - t0)
+    for t in threads:
+        t.join()
     wall, cpu = time.perf_counter() - t_start, time.process_time() - c0
-    return summarize(lat, batch, wall, cpu)
+    if errors:
+        raise errors[0]
+    return summarize([x for lat in lats for x in lat], batch, wall, cpu)
 
 
 def run_group(combos: Sequence[Combo], cfg: BenchConfig, threads: int, status: Status, done: int, total: int
@@ -186,7 +237,7 @@ def run_group(combos: Sequence[Combo], cfg: BenchConfig, threads: int, status: S
             try:
                 if fmt is None and hasattr(backend, "choose_memory_format"):
                     fmt = backend.choose_memory_format(frames)
-                summary = time_calls(lambda: backend.infer(frames), cfg.warmup, cfg.iters, c.batch)
+                summary = time_calls(lambda: backend.infer(frames), cfg.warmup, cfg.iters, c.batch, c.streams)
             except Exception as e:  # noqa: BLE001
                 skips.append(Skip(c.backend, f"batch {c.batch} failed: {first_line(e)}", c.precision, c.device,
                                   c.form))
@@ -210,7 +261,7 @@ def row_dict(r: Row, gflop: float | None, peaks: Sequence[Peak], ref: Row | None
     achieved = None if gflop is None else gflop * s.throughput_fps
     return {
         "label": c.label, "backend": c.backend, "precision": c.precision, "form": c.form or None,
-        "device": c.device, "batch": c.batch, "cuda_graph": c.cuda_graph, "file": str(c.path),
+        "device": c.device, "batch": c.batch, "streams": c.streams, "cuda_graph": c.cuda_graph, "file": str(c.path),
         "describe": r.describe, "memory_format": r.memory_format, "note": c.note or None,
         "warmup": r.warmup, "iters": s.iters,
         "latency_ms": {k: round(getattr(s, k), 3) for k in ("p50", "p90", "p99", "mean", "min", "max")},
@@ -236,12 +287,15 @@ def run_bench(cfg: BenchConfig, status: Status = lambda text, done, total: None)
     threads = cfg.threads or default_threads()
     machine = describe_machine(threads)  # load average read before any work of ours
     env = probe_env()
-    req = Request(cfg.backends, cfg.precisions, cfg.batches, cfg.devices, cfg.cuda_graphs)
+    req = Request(cfg.backends, cfg.precisions, cfg.batches, cfg.devices, cfg.cuda_graphs, cfg.streams)
     tmp: tempfile.TemporaryDirectory | None = None
-    model = Path(cfg.model)
+    triton = is_triton_uri(cfg.model)
+    model: Path | str = str(cfg.model) if triton else Path(cfg.model)
     exported_to = None
     try:
-        if model.suffix.lower() in (".pt", ".pth"):
+        if triton:
+            files, meta = served_model(str(model))
+        elif model.suffix.lower() in (".pt", ".pth"):  # type: ignore[union-attr]
             if cfg.work_dir is None:
                 tmp = tempfile.TemporaryDirectory(prefix="stpm-bench-")
             out = Path(cfg.work_dir or tmp.name)  # type: ignore[union-attr]
@@ -258,9 +312,9 @@ def run_bench(cfg: BenchConfig, status: Status = lambda text, done, total: None)
         gflop = None if flop is None else flop.gflop_per_frame
         devices = sorted({c.device for c in combos})
         peaks: list[Peak] = []
-        if cfg.measure_peak and devices:
+        if cfg.measure_peak and [d for d in devices if d != "remote"]:
             status(f"measuring the matrix-multiply peak ({', '.join(devices)})", 0, len(combos))
-            peaks = measure_peaks(devices, cfg.precisions, threads)
+            peaks = measure_peaks([d for d in devices if d != "remote"], cfg.precisions, threads)
         groups: dict[tuple, list[Combo]] = {}
         for c in combos:
             groups.setdefault(c.group, []).append(c)
@@ -279,8 +333,8 @@ def run_bench(cfg: BenchConfig, status: Status = lambda text, done, total: None)
             skips += s
             done += len(group)
         status("done", len(combos), len(combos))
-        refs = {(r.combo.device, r.combo.batch): r for r in rows if is_reference(r.combo)}
-        results = [row_dict(r, gflop, peaks, refs.get((r.combo.device, r.combo.batch))) for r in rows]
+        refs = {reference_key(r.combo): r for r in rows if is_reference(r.combo)}
+        results = [row_dict(r, gflop, peaks, refs.get(reference_key(r.combo))) for r in rows]
         if cfg.profile and results:  # while an exported work folder still exists
             from stpm_edge.bench.profile import add_region_columns  # noqa: PLC0415
 
@@ -302,7 +356,8 @@ def run_bench(cfg: BenchConfig, status: Status = lambda text, done, total: None)
                             **{f"engine.{k}": str(v) for k, v in files.engines.items()}},
                   "flops": None if flop is None else flop.to_dict()},
         "settings": {"backends": list(cfg.backends), "precisions": list(cfg.precisions),
-                     "batches": list(cfg.batches), "devices": list(cfg.devices), "warmup": cfg.warmup,
+                     "batches": list(cfg.batches), "streams": list(cfg.streams), "devices": list(cfg.devices),
+                     "warmup": cfg.warmup,
                      "iters": cfg.iters, "threads": threads, "cuda_graphs": cfg.cuda_graphs,
                      "isolate": cfg.isolate,
                      "rss": memory.peak_method() + (", each backend in a fresh process" if cfg.isolate else
@@ -315,3 +370,16 @@ def run_bench(cfg: BenchConfig, status: Status = lambda text, done, total: None)
         "skipped": [s.to_dict() for s in skips],
         "seconds": round(time.perf_counter() - t_start, 1),
     }
+
+
+def served_model(uri: str) -> tuple[BenchFiles, Any]:
+    """A triton:// model: its metadata (from the server's model config) and no local files."""
+    from stpm_edge.runtime.backends.triton import TritonBackend  # noqa: PLC0415
+
+    backend = TritonBackend(uri)
+    try:
+        meta = backend.metadata
+        batch = None if backend.max_batch_size > 0 and meta.input.batch is None else meta.input.batch
+    finally:
+        backend.close()
+    return BenchFiles(triton=uri, model_batch=batch), meta

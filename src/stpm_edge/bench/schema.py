@@ -1,16 +1,16 @@
-"""The JSON report of ``stpm-bench --json`` (``schema`` ``stpm-edge/bench``, ``schema_version`` 1).
+"""The JSON report of ``stpm-bench --json`` (``schema`` ``stpm-edge/bench``, ``schema_version`` 2).
 
 Top level::
 
-    schema, schema_version, stpm_edge      "stpm-edge/bench", 1, package version
+    schema, schema_version, stpm_edge      "stpm-edge/bench", 2, package version
     command                                 the stpm-bench command line
     model      path, checkpoint (the PyTorch reference, or null), arch, backbone, input (the model's
                input description), fusion, model_batch (null = dynamic), files (variant key → path:
                fp32, fp16, int8 = TensorRT Q/DQ form, int8.cpu = ORT x86 form, engine.<precision>),
                flops (gflop_per_frame, by_op, counted_nodes, unknown_nodes, uncounted_ops,
                other_melem_per_frame, graph_batch, note)
-    settings   backends, precisions, batches, devices, warmup, iters, threads, cuda_graphs, isolate, rss,
-               speedup
+    settings   backends, precisions, batches, streams, devices, warmup, iters, threads, cuda_graphs, isolate,
+               rss, speedup
     machine    date, cpu, cpu_features, logical_cpus, usable_cpus, threads, memory_gib, gpus[], os,
                python, libraries{name: version}, load_average (before), load_average_end
     warnings   [text]  (e.g. the machine was busy)
@@ -21,9 +21,10 @@ Top level::
 
 A row::
 
-    label, backend (torch|onnxruntime|tensorrt), precision (fp32|fp16|int8), form (tensorrt|cpu|null),
-    device (cpu|cuda), batch, cuda_graph, file, describe, memory_format (torch), note,
-    warmup, iters, latency_ms{p50,p90,p99,mean,min,max} (per call of `batch` frames),
+    label, backend (torch|onnxruntime|tensorrt|triton), precision (fp32|fp16|int8|served),
+    form (tensorrt|cpu|null), device (cpu|cuda|remote), batch, streams (client threads calling at once),
+    cuda_graph, file (a path, or the triton:// URI), describe, memory_format (torch), note,
+    warmup, iters (all clients' calls), latency_ms{p50,p90,p99,mean,min,max} (per call of `batch` frames),
     ms_per_frame (p50 / batch), throughput_fps, cpu_ms_per_frame, peak_rss_mib (process peak during the
     row's warm-up and timed calls), added_rss_mib (that peak minus the RSS before the backend was
     opened), load_s, load_peak_rss_mib (process peak while opening the backend),
@@ -40,12 +41,12 @@ TOP = {"schema": str, "schema_version": int, "stpm_edge": str, "command": (str, 
        "settings": dict, "machine": dict, "warnings": list, "peaks": list, "results": list, "skipped": list,
        "seconds": (int, float)}
 MODEL = ("path", "checkpoint", "arch", "backbone", "input", "fusion", "model_batch", "files", "flops")
-SETTINGS = ("backends", "precisions", "batches", "devices", "warmup", "iters", "threads", "cuda_graphs", "isolate",
-            "rss", "speedup")
+SETTINGS = ("backends", "precisions", "batches", "streams", "devices", "warmup", "iters", "threads", "cuda_graphs",
+            "isolate", "rss", "speedup")
 MACHINE = ("date", "cpu", "cpu_features", "logical_cpus", "usable_cpus", "threads", "memory_gib", "gpus", "os",
            "python", "libraries", "load_average", "load_average_end")
 PEAK = ("device", "precision", "gflops", "method", "by_size", "threads")
-ROW = ("label", "backend", "precision", "form", "device", "batch", "cuda_graph", "file", "describe",
+ROW = ("label", "backend", "precision", "form", "device", "batch", "streams", "cuda_graph", "file", "describe",
        "memory_format", "note", "warmup", "iters", "latency_ms", "ms_per_frame", "throughput_fps",
        "cpu_ms_per_frame", "peak_rss_mib", "added_rss_mib", "load_s", "load_peak_rss_mib", "gflop_per_frame",
        "achieved_gflops", "peak", "peak_share", "speedup_vs_torch", "reference")

@@ -21,7 +21,8 @@ def combo_to_dict(c: Combo) -> dict[str, Any]:
 
 
 def combo_from_dict(d: dict[str, Any]) -> Combo:
-    return Combo(**{**d, "path": Path(d["path"])})
+    path = d["path"] if d.get("backend") == "triton" else Path(d["path"])  # a triton:// URI stays text
+    return Combo(**{**d, "path": path})
 
 
 def row_to_dict(row: Any) -> dict[str, Any]:

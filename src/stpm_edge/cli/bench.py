@@ -26,25 +26,29 @@ def parse_choices(text: str, allowed: tuple[str, ...], option: str) -> tuple[str
     return items
 
 
-def parse_batches(text: str) -> tuple[int, ...]:
+def parse_batches(text: str, option: str = "--batch") -> tuple[int, ...]:
     try:
         items = tuple(dict.fromkeys(int(t) for t in text.split(",") if t.strip()))
     except ValueError:
-        raise StpmError(f"--batch {text!r}: expected comma-separated positive integers, e.g. 1,4") from None
+        items = ()
     if not items or any(b < 1 for b in items):
-        raise StpmError(f"--batch {text!r}: expected comma-separated positive integers, e.g. 1,4")
+        raise StpmError(f"{option} {text!r}: expected comma-separated positive integers, e.g. 1,4")
     return items
 
 
 @user_errors("stpm-bench")
 def bench_cmd(
-    model: Path = typer.Argument(..., help="An exported model.onnx (its variants and engines are found beside it by "
-                                 "name) or a model.pt checkpoint (exported into a temporary folder first)."),
+    model: str = typer.Argument(..., help="An exported model.onnx (its variants and engines are found beside it by "
+                                "name), a model.pt checkpoint (exported into a temporary folder first), or a "
+                                "triton://HOST:PORT/NAME model on a Triton server."),
     backends: str = typer.Option(",".join(BACKENDS), help="Comma-separated: torch (the PyTorch eager reference), "
                                  "onnxruntime, tensorrt."),
     precisions: str = typer.Option(",".join(PRECISIONS), help="Comma-separated: fp32, fp16, int8 (INT8: both ONNX "
                                    "forms, model.int8.onnx for TensorRT and model.int8.cpu.onnx for ORT x86)."),
     batch: str = typer.Option("1", "--batch", help="Comma-separated batch sizes, e.g. 1,4."),
+    streams: str = typer.Option("1", "--streams", help="Comma-separated client counts, e.g. 1,4: each row also with N "
+                                "threads calling the one loaded model at once (N cameras; per-call latency as each "
+                                "client sees it, throughput of all)."),
     device: str = typer.Option("auto", help="auto (cuda when PyTorch sees a GPU, else cpu), cpu, cuda or cpu,cuda."),
     warmup: int = typer.Option(10, help="Untimed calls before each row."),
     iters: int = typer.Option(50, help="Timed calls per row."),
@@ -75,13 +79,17 @@ def bench_cmd(
 
     if json_out and markdown:
         raise StpmError("--json and --markdown: choose one")
-    if model.suffix.lower() == ".onnx" and (calib is not None or work_dir is not None or calib_count is not None):
+    from stpm_edge.runtime.backends.triton import is_triton_uri  # noqa: PLC0415
+
+    target: Path | str = model if is_triton_uri(model) else Path(model)
+    if (isinstance(target, str) or target.suffix.lower() == ".onnx") and (
+            calib is not None or work_dir is not None or calib_count is not None):
         raise StpmError("--calib, --calib-count and --work-dir apply when MODEL is a checkpoint (.pt)")
     devices = tuple(d for d in parse_choices(device, ("auto", *DEVICES), "--device"))
-    cfg = BenchConfig(model, checkpoint, parse_choices(backends, BACKENDS, "--backends"),
+    cfg = BenchConfig(target, checkpoint, parse_choices(backends, BACKENDS, "--backends"),
                       parse_choices(precisions, PRECISIONS, "--precisions"), parse_batches(batch), devices,
                       warmup, iters, threads, cuda_graphs, calib, calib_count, measure_peak=peak, isolate=isolate,
-                      work_dir=work_dir)
+                      work_dir=work_dir, streams=parse_batches(streams, "--streams"))
     cfg.validated()
     if console.is_terminal:
         with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

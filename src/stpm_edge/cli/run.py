@@ -160,8 +160,7 @@ def run_cmd(
     if not verbose:  # the provider choice is in the summary; keep error output to one line
         logging.getLogger("stpm_edge.runtime.backends").setLevel(logging.WARNING)
     from stpm_edge.runtime.detector import Detector
-    from stpm_edge.apps.run.outputs import (AnomalySink, EventSink, ImageFolderSink, VideoSink, WindowSink,
-                                           can_show_window, output_kind)
+    from stpm_edge.apps.run.outputs import AnomalySink, EventSink, ImageFolderSink, VideoSink, WindowSink, output_kind
     from stpm_edge.runtime.overlay import OverlayStyle
     from stpm_edge.apps.run.pipeline import Pipeline, PipelineConfig
     from stpm_edge.apps.run.sources import ReconnectPolicy, make_source, parse_uri
@@ -181,7 +180,7 @@ def run_cmd(
                           reconnect=reconnect, reconnect_attempts=reconnect_attempts,
                           style=(colormap, alpha, contours, boxes, side_by_side), hud=hud, output=output,
                           save_anomalies=save_anomalies, events=events, json_out=json_out,
-                          size=(width, height, fps, flip))
+                          size=(width, height, fps, flip), headless=headless)
     source = source[0] if source else None
     assets = None
     if demo:
@@ -211,10 +210,7 @@ def run_cmd(
                       width=width, height=height, fps=fps, flip=flip)
     try:
         src.open()
-        if not headless and not can_show_window():
-            logger.info("no display (or OpenCV without GUI): running headless")
-            headless = True
-        if not headless:
+        if _window_wanted(headless):
             sinks.append(WindowSink("stpm-run"))
         if output is not None:
             sinks.append(VideoSink(output, src.fps or 30.0) if kind == "video" else ImageFolderSink(output))
@@ -258,6 +254,16 @@ def run_cmd(
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
+def _window_wanted(headless: bool) -> bool:
+    """A window unless --headless, or no display / a GUI-less OpenCV (then headless, said at -v)."""
+    from stpm_edge.apps.run.outputs import can_show_window
+
+    if not headless and not can_show_window():
+        logger.info("no display (or OpenCV without GUI): running headless")
+        return False
+    return not headless
+
+
 def _read_sources(path: Path) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -285,10 +291,10 @@ def stream_output(output: Path, name: str, n: int) -> Path:
 
 def _run_multi(model: str, uris: list[str], *, backend: str, threads: Any, threshold: Any, loop: bool, max_frames: Any,
                batch: int, batch_wait: float, reconnect: bool, reconnect_attempts: int, style: tuple, hud: bool,
-               output: Any, save_anomalies: Any, events: Any, json_out: bool, size: tuple) -> None:
-    from stpm_edge.apps.run.multi import MultiPipeline, Stream
-    from stpm_edge.apps.run.outputs import AnomalySink, EventSink, ImageFolderSink, VideoSink, output_kind
-    from stpm_edge.apps.run.pipeline import PipelineConfig
+               output: Any, save_anomalies: Any, events: Any, json_out: bool, size: tuple, headless: bool) -> None:
+    from stpm_edge.apps.run.multi import MultiPipeline, PipelineConfig, Stream
+    from stpm_edge.apps.run.outputs import (AnomalySink, EventSink, ImageFolderSink, TiledWindowSink, VideoSink,
+                                           output_kind)
     from stpm_edge.apps.run.sources import ReconnectPolicy, make_source, parse_uri
     from stpm_edge.runtime.detector import Detector
     from stpm_edge.runtime.overlay import OverlayStyle
@@ -315,6 +321,8 @@ def _run_multi(model: str, uris: list[str], *, backend: str, threads: Any, thres
             if outs:
                 streams[-1].sinks.append(VideoSink(outs[i], src.fps or 30.0) if kinds[i] == "video"
                                          else ImageFolderSink(outs[i]))
+        if _window_wanted(headless):
+            shared.append(TiledWindowSink(names, "stpm-run"))
         if save_anomalies is not None:
             shared.append(AnomalySink(save_anomalies))
         if events is not None:

@@ -1,7 +1,12 @@
-"""Several sources through one model: ``stpm-run MODEL -s cam0 -s cam1 ...``.
+"""The streaming engine behind ``stpm-run``: one or several sources through one model.
+
+``stpm-run MODEL -s cam0 -s cam1 ...`` runs it with one :class:`Stream` per source; the
+single-source ``stpm-run MODEL -s cam0`` is the same engine with one stream
+(:class:`stpm_edge.apps.run.pipeline.Pipeline` wraps it and keeps its summary shape).
 
 * one **capture** thread per stream (``source.capture()`` + the model input); a live stream keeps
-  only its latest frame (the older one is dropped), a file or folder blocks (every frame);
+  only its latest frame (the older one is dropped: lag never builds), a file or folder blocks
+  (every frame is processed);
 * one **batching** thread gathers frames of all streams round-robin into one batch of up to
   ``batch`` frames (the model's batch), waiting at most ``batch_wait`` seconds after the first
   frame for more (a stalled or vanished stream never holds the others back), and assembles
@@ -9,11 +14,14 @@
 * one **inference** thread does nothing but run the ready batches, so the accelerator waits
   for no Python work between batches (measured: the gap between batches fell from ~3 ms, 11 %
   of a 25 ms batch, when one thread both gathered and ran them);
-* **render/output** on the calling thread, each frame to its stream's sinks (and the shared
-  ones: the event log, saved anomalies), tagged with the stream's name.
+* **render/output** on the calling thread (the GUI needs the main thread): frame-sized map,
+  mask and boxes, heatmap overlay and HUD, then the stream's sinks and the shared ones (the
+  tiled window, the event log, saved anomalies), tagged with the stream's name.
 
-A stream that ends (EOS) or is lost for good (after its reconnects) leaves the run; the others go
-on. The summary has one entry per stream and the totals, with the batch sizes seen.
+All stages are joined by bounded queues (no frame piles up anywhere). A stream that ends (EOS)
+or is lost for good (after its reconnects) leaves the run; the others go on. :meth:`stop` (the
+CLI's SIGINT/SIGTERM handler) ends capture; frames already queued are finished and the sinks
+finalised. The summary has one entry per stream and the totals, with the batch sizes seen.
 """
 from __future__ import annotations
 
@@ -21,73 +29,30 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from stpm_edge.apps.run.outputs import Rendered, Sink
-from stpm_edge.apps.run.pipeline import STAGES, PipelineConfig, hand_over
-from stpm_edge.apps.run.sources import Status, VideoSource
-from stpm_edge.apps.run.stats import LatencyStats, rss_mb
+from stpm_edge.apps.run.sources import Status
+from stpm_edge.apps.run.stats import LatencyStats, is_rss_mark, rss_mb
+from stpm_edge.apps.run.stream import RAW_KEEP, STAGES, Item, PipelineConfig, Stream, hand_over
 from stpm_edge.errors import StpmError, first_line
 from stpm_edge.runtime.overlay import HudInfo, draw_hud, render, short_label
 
+__all__ = ["RAW_KEEP", "STAGES", "MultiPipeline", "PipelineConfig", "Stream", "hand_over"]
 logger = logging.getLogger(__name__)
 _END = object()
 
-
-@dataclass
-class Stream:
-    """One source in a multi-stream run, with its own sinks and counters."""
-
-    name: str
-    source: VideoSource
-    sinks: list[Sink] = field(default_factory=list)
-    frames: int = 0
-    ng_frames: int = 0
-    queue_drops: int = 0
-    corrupt: int = 0
-    ended: bool = False
-    error: str | None = None
-    stop_reason: str = ""
-    first_out: float | None = None
-    last_out: float | None = None
-
-    def __post_init__(self) -> None:
-        self.q: queue.Queue = queue.Queue(maxsize=1 if self.source.live else 2)
-        self.stats = {s: LatencyStats() for s in STAGES}
-
-    def summary(self) -> dict[str, Any]:
-        st = self.source.stats
-        span = (self.last_out - self.first_out) if self.first_out is not None and self.last_out is not None else 0.0
-        return {"source": self.source.spec.uri, "frames": self.frames, "ng_frames": self.ng_frames,
-                "dropped": st.dropped + self.queue_drops, "corrupt": st.corrupt + self.corrupt,
-                "reconnects": st.reconnects, "reconnect_failures": st.reconnect_failures,
-                "outage_s": round(st.outage_s, 3), "max_outage_s": round(st.max_outage_s, 3), "loops": st.loops,
-                "fps": round((self.frames - 1) / span, 2) if self.frames > 1 and span > 0 else 0.0,
-                "stop_reason": self.stop_reason, "error": self.error,
-                "latency_ms": {s: self.stats[s].summary() for s in STAGES},
-                "outputs": {type(s).__name__: s.describe() for s in self.sinks}}
-
-
-@dataclass
-class _Item:
-    stream: Stream
-    index: int
-    frame: np.ndarray
-    t_capture: float
-    x: np.ndarray | None
-    times: dict[str, float]
-    amap: np.ndarray | None = None
-    score: float = 0.0
-
-
 class MultiPipeline:
-    """``streams`` through ``detector`` (see the module docstring). ``config.max_frames`` is per stream."""
+    """``streams`` through ``detector`` (see the module docstring). ``config.max_frames`` is per
+    stream; ``on_frame`` sees every rendered frame after the sinks."""
 
     def __init__(self, detector: Any, streams: list[Stream], shared_sinks: list[Sink] | None = None,
-                 config: PipelineConfig = PipelineConfig(), batch_wait: float = 0.005) -> None:
+                 config: PipelineConfig = PipelineConfig(), batch_wait: float = 0.005,
+                 on_frame: Callable[[Rendered], None] | None = None) -> None:
         if not streams:
             raise StpmError("no sources")
         names = [s.name for s in streams]
@@ -96,7 +61,10 @@ class MultiPipeline:
         if batch_wait < 0:
             raise StpmError("batch wait must be >= 0")
         self.detector, self.streams, self.shared = detector, streams, list(shared_sinks or [])
-        self.config, self.batch_wait = config.validated(), batch_wait
+        self.config, self.batch_wait, self.on_frame = config.validated(), batch_wait, on_frame
+        self.raw_inputs: list[np.ndarray] = []  # --compare-raw: model inputs for the bare backend afterwards
+        self.rss_marks: dict[str, float] = {}
+        self._frames = 0
         self._q_batches: queue.Queue = queue.Queue(maxsize=1)  # (items, model input), assembled ahead
         self._q_out: queue.Queue = queue.Queue(maxsize=2)  # lists of inferred items, one per batch
         self._ready = threading.Event()
@@ -108,7 +76,13 @@ class MultiPipeline:
         self._label = short_label(detector.describe())
         self.summary: dict[str, Any] | None = None
 
+    @property
+    def stop_reason(self) -> str:
+        """Why the whole run was stopped ('' while it runs or when every stream ended by itself)."""
+        return self._stop_reason
+
     def stop(self, reason: str = "stopped") -> None:
+        """Stop capturing (thread- and signal-safe); queued frames are still finished."""
         if not self._stop.is_set():
             self._stop_reason = reason
             self._stop.set()
@@ -130,6 +104,9 @@ class MultiPipeline:
             hand_over(st.q, item, self._abort)
         self._ready.set()
 
+    def _tag(self, st: Stream) -> str:
+        return f"stream {st.name}: " if st.name else ""
+
     def _capture_loop(self, st: Stream) -> None:
         captured, limit = 0, self.config.max_frames
         try:
@@ -147,33 +124,38 @@ class MultiPipeline:
                     break
                 if cap.status is Status.ERROR:
                     st.error = cap.message or f"{st.source.spec.uri}: source error"
-                    st.stop_reason = "source error"
-                    logger.error("stream %s: %s (the other streams go on)", st.name, st.error)
+                    st.exception, st.stop_reason = StpmError(st.error), "source error"
+                    if len(self.streams) > 1:  # a single source's error is raised by the caller
+                        logger.error("%s%s (the other streams go on)", self._tag(st), st.error)
                     break
                 try:
                     _, x = self.detector.prepare([cap.frame])
                 except StpmError as e:
                     st.corrupt += 1
-                    logger.warning("stream %s: frame %d skipped: %s", st.name, cap.index, e)
+                    logger.warning("%sframe %d skipped: %s", self._tag(st), cap.index, e)
                     continue
                 times = {"capture": t1 - t0, "preprocess": time.perf_counter() - t1}
+                if self.config.compare_raw and len(self.raw_inputs) < RAW_KEEP:
+                    self.raw_inputs.append(x)
                 captured += 1
-                self._put(st, _Item(st, cap.index, cap.frame, cap.timestamp, x, times))
+                self._put(st, Item(st, cap.index, cap.frame, cap.timestamp, x, times))
         except BaseException as e:  # noqa: BLE001 - this stream fails; the others go on
-            st.error, st.stop_reason = first_line(e), "error"
-            logger.error("stream %s failed: %s", st.name, st.error)
+            st.error, st.exception, st.stop_reason = first_line(e), e, "error"
+            if len(self.streams) > 1:
+                logger.error("%sfailed: %s", self._tag(st), st.error)
         finally:
             st.stop_reason = st.stop_reason or self._stop_reason or "stopped"
             self._put(st, _END)
 
     # -- inference: one batch from all streams --------------------------------------------
-    def _gather(self, rr: int) -> tuple[list[_Item], bool]:
+    def _gather(self, rr: int) -> tuple[list[Item], bool]:
         """Up to ``batch`` frames, round-robin from ``rr``; (frames, every stream ended)."""
-        batch: list[_Item] = []
+        batch: list[Item] = []
         deadline = None
         n = len(self.streams)
         while not self._abort.is_set():
             self._ready.clear()
+            took = False  # one frame per stream per pass; passes repeat while any stream had one
             for k in range(n):
                 st = self.streams[(rr + k) % n]
                 if len(batch) >= self.config.batch or st.ended:
@@ -182,6 +164,7 @@ class MultiPipeline:
                     item = st.q.get_nowait()
                 except queue.Empty:
                     continue
+                took = True
                 if item is _END:
                     st.ended = True
                 else:
@@ -193,7 +176,8 @@ class MultiPipeline:
                 deadline = now + self.batch_wait
             if len(batch) >= self.config.batch or (deadline is not None and now >= deadline):
                 return batch, False
-            self._ready.wait(0.05 if deadline is None else max(0.0, deadline - now))
+            if not took:
+                self._ready.wait(0.05 if deadline is None else max(0.0, deadline - now))
         return batch, True
 
     def _batch_loop(self) -> None:
@@ -238,22 +222,22 @@ class MultiPipeline:
             hand_over(self._q_out, _END, self._abort)
 
     # -- render and output (calling thread) ------------------------------------------------
-    def _render(self, item: _Item, result: Any) -> np.ndarray:
-        style = self.config.style
-        ng = result.is_anomalous
+    def _render(self, item: Item, result: Any) -> np.ndarray:
+        style, st = self.config.style, item.stream
+        ng = result.is_anomalous  # regions are outlined on NG frames only; OK frames show the heatmap
         out = render(item.frame, result.anomaly_map, result.mask if ng else None, replace(style, side_by_side=False),
                      result.boxes if ng else None)
         if self.config.hud:
-            span = (item.stream.last_out - item.stream.first_out) if item.stream.first_out and item.stream.last_out else 0
-            fps = (item.stream.frames / span) if span > 0 else None
-            draw_hud(out, HudInfo(result.score, ng, result.threshold, fps, None, f"{item.stream.name} {self._label}",
-                                  item.index))
+            latency = st.latency_ema.value
+            draw_hud(out, HudInfo(result.score, ng, result.threshold, st.fps_ema.value,
+                                  None if latency is None else 1000 * latency,
+                                  f"{st.name} {self._label}" if st.name else self._label, item.index))
         return np.hstack([item.frame, out]) if style.side_by_side else out
 
     def _output_loop(self) -> None:
         wall_offset = time.time() - time.perf_counter()
         while True:
-            if any(s.stop_requested for st in self.streams for s in st.sinks):
+            if any(s.stop_requested for s in self.shared + [s for st in self.streams for s in st.sinks]):
                 self.stop("window closed")
             try:
                 batch = self._q_out.get(timeout=0.1)
@@ -266,8 +250,11 @@ class MultiPipeline:
             for item in batch:
                 self._output(item, wall_offset)
 
-    def _output(self, item: _Item, wall_offset: float) -> None:
+    def _output(self, item: Item, wall_offset: float) -> None:
         st: Stream = item.stream
+        limit = self.config.max_frames
+        if limit is not None and st.frames >= limit:
+            return  # a live stream's frames captured in flight after its limit: the count is of frames shown
         t0 = time.perf_counter()
         result = self.detector.result(item.frame.shape, item.amap, item.score)
         t1 = time.perf_counter()
@@ -278,25 +265,34 @@ class MultiPipeline:
                             st.source.spec.uri)
         for sink in sinks:
             sink.write(rendered)
+        if self.on_frame is not None:
+            self.on_frame(rendered)
         t3 = time.perf_counter()
         item.times.update(postprocess=t1 - t0, render=t2 - t1, output=t3 - t2, end_to_end=t3 - item.t_capture)
         for stage, seconds in item.times.items():
             st.stats[stage].add(seconds)
             self.stats[stage].add(seconds)
+        if st.last_out is not None and t3 > st.last_out:
+            st.fps_ema.add(1.0 / (t3 - st.last_out))
+        st.latency_ema.add(t3 - item.t_capture)
         st.first_out = t3 if st.first_out is None else st.first_out
         st.last_out = t3
         st.frames += 1
         st.ng_frames += int(result.is_anomalous)
+        self._frames += 1
+        if is_rss_mark(self._frames):
+            self.rss_marks[str(self._frames)] = round(rss_mb(), 1)
 
     # -- run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Stream until every stream ends, :meth:`stop` or a model error; returns the summary.
 
         A lost stream is reported in its entry (and the run goes on); a failed inference raises
-        after the sinks are closed (the summary so far is kept in :attr:`summary`)."""
+        after the sinks are closed (the summary so far is kept in :attr:`summary`). A stream that
+        failed on an unexpected error has its outputs discarded (``close(ok=False)``)."""
         spec = self.detector.input_spec
         self.detector.infer(np.zeros(spec.shape(1), dtype=np.dtype(spec.dtype)))  # warm up
-        threads = [threading.Thread(target=self._capture_loop, args=(st,), name=f"capture-{st.name}", daemon=True)
+        threads = [threading.Thread(target=self._capture_loop, args=(st,), name=f"capture-{st.name or 0}", daemon=True)
                    for st in self.streams]
         threads.append(threading.Thread(target=self._batch_loop, name="batching", daemon=True))
         threads.append(threading.Thread(target=self._infer_loop, name="inference", daemon=True))
@@ -314,11 +310,13 @@ class MultiPipeline:
                 t.join(timeout=10.0)
             seconds = time.perf_counter() - t_start
             failed = None
-            for sink in [s for st in self.streams for s in st.sinks] + self.shared:
+            closing = [(s, ok and not _crashed(st)) for st in self.streams for s in st.sinks] + \
+                      [(s, ok) for s in self.shared]
+            for sink, sink_ok in closing:
                 try:
-                    sink.close(ok)
-                except Exception as e:  # noqa: BLE001 - close the others, report the first
-                    logger.error("closing %s failed: %s", sink.describe(), first_line(e))
+                    sink.close(sink_ok)
+                except Exception as e:  # noqa: BLE001 - close the others, raise the first
+                    logger.debug("closing %s failed: %s", sink.describe(), first_line(e))
                     failed = failed or e
             self.summary = self._summary(seconds)
         if failed is not None:
@@ -342,5 +340,11 @@ class MultiPipeline:
                 "stop_reason": self._stop_reason or "every stream ended",
                 "errors": {n: s["error"] for n, s in streams.items() if s["error"]},
                 "batches": dict(sorted(self.batches.items())),
-                "latency_ms": {s: self.stats[s].summary() for s in STAGES}, "rss_mb": {"end": round(rss_mb(), 1)},
+                "latency_ms": {s: self.stats[s].summary() for s in STAGES},
+                "rss_mb": {**self.rss_marks, "end": round(rss_mb(), 1)},
                 "outputs": {type(s).__name__: s.describe() for s in self.shared}}
+
+
+def _crashed(st: Stream) -> bool:
+    """The stream ended on an unexpected error (not a lost source): its partial outputs are dropped."""
+    return st.exception is not None and not isinstance(st.exception, StpmError)

@@ -8,9 +8,11 @@ import abc
 import datetime as dt
 import json
 import logging
+import math
 import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -242,25 +244,85 @@ class EventSink(Sink):
         return str(self.path)
 
 
-class WindowSink(Sink):
-    """An OpenCV window; ``q`` or Esc asks the pipeline to stop."""
+def tile_mosaic(tiles: Sequence[np.ndarray | None], labels: Sequence[str], max_width: int = 1920) -> np.ndarray:
+    """The tiles (BGR, any sizes) on a grid of ceil(sqrt(n)) columns, each scaled into a cell of
+    the first tile's aspect (``max_width`` wide in all); a missing tile is a black cell; each cell
+    is labelled at its bottom left."""
+    n = len(tiles)
+    if n == 0 or len(labels) != n:
+        raise ValueError("one label per tile, at least one tile")
+    if n == 1 and tiles[0] is not None and not labels[0] and tiles[0].ndim == 3 and tiles[0].shape[1] <= max_width:
+        return tiles[0]  # the single-source window: the frame as it is
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    first = next((t for t in tiles if t is not None), None)
+    h0, w0 = first.shape[:2] if first is not None else (9, 16)
+    cw = max(16, min(w0, max_width // cols))
+    ch = max(9, round(cw * h0 / w0))
+    out = np.zeros((rows * ch, cols * cw, 3), np.uint8)
+    for i, (tile, label) in enumerate(zip(tiles, labels)):
+        y, x = (i // cols) * ch, (i % cols) * cw
+        if tile is not None:
+            img = tile if tile.ndim == 3 else cv2.cvtColor(tile, cv2.COLOR_GRAY2BGR)
+            if img.shape[:2] != (ch, cw):
+                img = cv2.resize(img, (cw, ch), interpolation=cv2.INTER_AREA)
+            out[y:y + ch, x:x + cw] = img
+        if label:
+            cv2.putText(out, label, (x + 6, y + ch - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(out, label, (x + 6, y + ch - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                        cv2.LINE_AA)
+    return out
+
+
+class TiledWindowSink(Sink):
+    """One window for several streams: the latest overlay of each stream in a grid
+    (:func:`tile_mosaic`), redrawn at most ``max_fps`` times a second (composing costs CPU that
+    the streams need); ``q`` or Esc asks the pipeline to stop. ``show(title, image)`` and
+    ``poll() -> key`` default to OpenCV's ``imshow``/``waitKey(1)``."""
 
     wants_overlay = True
 
-    def __init__(self, title: str = "stpm-run") -> None:
-        self.title = title
-        cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
+    def __init__(self, names: Sequence[str], title: str = "stpm-run", max_width: int = 1920, max_fps: float = 30.0,
+                 show: Callable[[str, np.ndarray], None] | None = None, poll: Callable[[], int] | None = None) -> None:
+        if not names:
+            raise StpmError("a tiled window needs at least one stream")
+        self.names, self.title, self.max_width = list(names), title, max_width
+        self.interval = 1.0 / max_fps if max_fps > 0 else 0.0
+        self._latest: dict[str, np.ndarray] = {}
+        self._last_show = -math.inf
+        self.shown = 0
+        if show is None:
+            cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
+        self._show = show or cv2.imshow
+        self._poll = poll or (lambda: cv2.waitKey(1))
 
     def write(self, item: Rendered) -> None:
-        cv2.imshow(self.title, item.overlay if item.overlay is not None else item.frame)
-        if cv2.waitKey(1) & 0xFF in (27, ord("q")):
+        self._latest[item.stream] = item.overlay if item.overlay is not None else item.frame
+        now = time.perf_counter()
+        if now - self._last_show < self.interval:
+            return
+        self._last_show = now
+        self._show(self.title, tile_mosaic([self._latest.get(n) for n in self.names], self.names, self.max_width))
+        self.shown += 1
+        if self._poll() & 0xFF in (27, ord("q")):
             self.stop_requested = True
 
     def close(self, ok: bool = True) -> None:
         try:
             cv2.destroyWindow(self.title)
-        except cv2.error:  # already closed by the user
+        except cv2.error:  # already closed by the user, or never opened (injected show)
             pass
+
+    def describe(self) -> str:
+        return f"window {self.title!r} ({len(self.names)} streams tiled)"
+
+
+class WindowSink(TiledWindowSink):
+    """The single-source window: every frame shown as it is (one tile, no label)."""
+
+    def __init__(self, title: str = "stpm-run", show: Callable[[str, np.ndarray], None] | None = None,
+                 poll: Callable[[], int] | None = None) -> None:
+        super().__init__([""], title, max_width=1 << 16, max_fps=0.0, show=show, poll=poll)
 
     def describe(self) -> str:
         return f"window {self.title!r}"
