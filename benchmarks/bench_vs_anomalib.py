@@ -1,5 +1,6 @@
 """The same anomalib model exported by anomalib (``to_onnx``, and ``to_openvino`` where openvino
-is installed) and by stpm-edge (fused FP32, FP16 and the INT8 CPU form), timed side by side on
+is installed) and by stpm-edge (fused FP32, FP16 and the INT8 CPU form; for STFPM also with STPM's feature-resolution head,
+FP32 and INT8 CPU form, its map left at the feature grid), timed side by side on
 ONNX Runtime CPU (OpenVINO's CPU plugin for its export), interleaved in one process, at batch 1
 and 4 (issues 17 and 20), with the accuracy of each on the sample data.
 
@@ -133,6 +134,16 @@ def openvino_model(model, root: Path, args: argparse.Namespace):
     return _OpenVINO(Path(xml), args.threads)
 
 
+def _frame_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One image's map at the mask's size (a feature-grid map resized bilinearly, as the runtime does)."""
+    import cv2
+
+    m = np.asarray(amap, np.float32).reshape(amap.shape[-2:])
+    if m.shape != tuple(size):
+        m = cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return m[None]
+
+
 def opset(path: Path) -> int:
     import onnx
 
@@ -164,6 +175,12 @@ def bench(spec: str, args: argparse.Namespace, tmp: Path) -> dict:
     fp16 = write_fp16(ours).onnx_path
     sessions = {"anomalib": session(theirs, args.threads), "ours_fp32": session(ours, args.threads),
                 "ours_fp16": session(fp16, args.threads), "ours_int8_cpu": session(int8, args.threads)}
+    if kind == "stfpm":  # STPM's feature-resolution head, the map left at the feature grid (the runtime resizes it)
+        feat = export_onnx(ours_pt, tmp / f"ours-feature-{kind}-{name}", ExportConfig(
+            dynamic_batch=True, map_size="feature", method_options={"head": "feature"})).onnx_path
+        feat8 = write_int8(feat, CalibrationFrames.for_model(feat, data / "train" / "good", count=16),
+                           QuantizeOptions("minmax"), forms=("cpu",)).files["cpu"].onnx_path
+        sessions.update(ours_fp32_feature=session(feat, args.threads), ours_int8_cpu_feature=session(feat8, args.threads))
     ov_model = openvino_model(model, tmp / f"anomalib-ov-{kind}-{name}", args)
     if ov_model is not None:
         sessions["anomalib_openvino"] = ov_model
@@ -175,14 +192,13 @@ def bench(spec: str, args: argparse.Namespace, tmp: Path) -> dict:
     bgr = np.stack([im for im, _ in loaded])
     masks = np.stack([(m if m is not None else np.zeros(im.shape[:2], np.uint8)) > 0 for im, m in loaded])
     rgb01 = (bgr[..., ::-1].transpose(0, 3, 1, 2) / 255.0).astype(np.float32)
-    feeds_of = {"anomalib": rgb01, "anomalib_openvino": rgb01, "ours_fp32": bgr, "ours_fp16": bgr, "ours_int8_cpu": bgr}
+    feeds_of = {k: (rgb01 if k.startswith("anomalib") else bgr) for k in sessions}
     accuracy = {}
     for key, s in sessions.items():
         outs = [s.run(None, {inputs[key]: feeds_of[key][i:i + 1]}) for i in range(len(samples))]
         named = [dict(zip([o.name for o in s.get_outputs()], o)) for o in outs]
         score = np.concatenate([(n["pred_score"] if key.startswith("anomalib") else n["score"]).reshape(-1) for n in named])
-        amap = np.concatenate([n["anomaly_map"].reshape(1, *masks.shape[1:])
-                               for n in named])
+        amap = np.concatenate([_frame_map(n["anomaly_map"], masks.shape[1:]) for n in named])
         accuracy[key] = {"image_auroc": round(image_auroc(labels, score), 4),
                          "pixel_auroc": round(pixel_auroc(masks, amap), 4)}
         if key.startswith("anomalib"):  # anomalib's exported scores are normalised and clipped to 0..1: clipped scores tie
@@ -214,6 +230,11 @@ def bench(spec: str, args: argparse.Namespace, tmp: Path) -> dict:
                                       "anomalib_over_ours": round(ms["anomalib"] / ms["ours_fp32"], 3),
                                       "anomalib_over_ours_int8": round(ms["anomalib"] / ms["ours_int8_cpu"], 3),
                                       "ours_fp32_over_int8": round(ms["ours_fp32"] / ms["ours_int8_cpu"], 3)}
+        ours_keys = [k for k in ms if k.startswith("ours") and np.isfinite(ms[k])]
+        best = min(ours_keys, key=lambda k: ms[k])
+        row["ms"][f"batch{batch}"].update(best=best, anomalib_over_best=round(ms["anomalib"] / ms[best], 3))
+        if "ours_fp32_feature" in ms:
+            row["ms"][f"batch{batch}"]["anomalib_over_ours_feature"] = round(ms["anomalib"] / ms["ours_fp32_feature"], 3)
         if "anomalib_openvino" in ms:
             row["ms"][f"batch{batch}"]["openvino_over_ours_int8"] = round(ms["anomalib_openvino"] / ms["ours_int8_cpu"], 3)
     return row
@@ -246,7 +267,10 @@ def main() -> None:
             for b, ms in row["ms"].items():
                 print(f"{spec:28s} {b}: anomalib {ms['anomalib']:7.2f} ms  ours FP32 {ms['ours_fp32']:7.2f} ms  "
                       f"FP16 {ms['ours_fp16']:7.2f} ms  INT8 CPU {ms['ours_int8_cpu']:7.2f} ms  "
+                      + (f"feature head FP32 {ms['ours_fp32_feature']:7.2f} ms INT8 {ms['ours_int8_cpu_feature']:7.2f} ms  "
+                         if "ours_fp32_feature" in ms else "")
                       + (f"OpenVINO {ms['anomalib_openvino']:7.2f} ms  " if "anomalib_openvino" in ms else "")
+                      + f"best {ms['best']} {ms['anomalib_over_best']:.2f}x  "
                       + f"anomalib/ours {ms['anomalib_over_ours']:.2f}x, "
                       f"/INT8 {ms['anomalib_over_ours_int8']:.2f}x", flush=True)
             acc = row["accuracy"]

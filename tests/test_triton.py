@@ -245,6 +245,20 @@ def test_stpm_run_through_triton(server: Server, tmp_path: Path) -> None:
     assert len(events.read_text().splitlines()) == summary["ng_frames"]
 
 
+def test_stpm_eval_through_triton_equals_local(server: Server, model: Path, brick_data: Path) -> None:
+    from _cli import CliRunner
+
+    from stpm_edge.cli.app import app
+
+    got = {}
+    for name, target in (("triton", uri(server)), ("local", str(model))):
+        res = CliRunner().invoke(app, ["eval", target, str(brick_data), "--json"])
+        assert res.exit_code == 0, res.stderr
+        got[name] = json.loads(res.stdout)
+    for key in ("image_auroc", "pixel_auroc", "pro"):
+        assert got["triton"][key] == pytest.approx(got["local"][key], abs=1e-6), key
+
+
 def test_stpm_bench_through_triton(server: Server, model: Path) -> None:
     """stpm-bench against the served model: batch × concurrent clients rows, every frame served once."""
     from _cli import CliRunner
