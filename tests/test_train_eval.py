@@ -109,6 +109,13 @@ def test_cli_train_end_to_end_and_one_line_errors(brick_data: Path, tmp_path: Pa
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["epochs_run"] == 1 and out.is_file()
+    res = _cli("stpm-train", str(brick_data), "-o", str(tmp_path / "log.pt"), "--image-size", "64", "--epochs", "2",
+               "--val-every", "0")  # into a pipe, as into a log file: one plain line per epoch, no progress bar
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert [ln.split(" loss ")[0] for ln in lines[:-1]] == ["stpm-train: epoch 1/2", "stpm-train: epoch 2/2"], lines
+    assert lines[-1].startswith("saved ") and "thresholds: image" in lines[-1]  # the summary, on one line
+    assert "━" not in res.stdout + res.stderr
     res = _cli("stpm-train", str(tmp_path / "missing"), "-o", str(tmp_path / "x.pt"))
     assert res.returncode == 1 and res.stderr.strip().count("\n") == 0
     assert res.stderr.startswith("stpm-train: ") and "no such dataset folder" in res.stderr

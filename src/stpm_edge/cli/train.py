@@ -1,6 +1,8 @@
 """``stpm-train DATA -o model.pt [--method M]``: train an anomaly detector on good images."""
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -57,7 +59,8 @@ def train_cmd(
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]}  held-out {task.fields[hold]}  "
                                    "val AUROC img {task.fields[img]} px {task.fields[px]}  best@{task.fields[best]}"),
-                        TimeElapsedColumn(), console=console, disable=json_out)
+                        TimeElapsedColumn(), console=console, disable=json_out or not console.is_terminal)
+    plain = not json_out and not console.is_terminal  # a log file or a pipe: one line per epoch on stderr
     tasks: list = []  # the display starts on the first step, so input errors print only the error line
 
     def task() -> object:
@@ -74,8 +77,13 @@ def train_cmd(
         progress.update(task(), completed=log.epoch, epoch=log.epoch, loss=f"{log.loss:.4f}",
                         hold=f"{log.holdout_loss:.4f}", img=_fmt(log.image_auroc), px=_fmt(log.pixel_auroc),
                         best=best)
+        if plain:
+            print(f"stpm-train: epoch {log.epoch}/{epochs} loss {log.loss:.4f} held-out {log.holdout_loss:.4f} "
+                  f"val AUROC img {_fmt(log.image_auroc)} px {_fmt(log.pixel_auroc)} best@{best} "
+                  f"({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
 
     interrupted = None
+    started = time.monotonic()
     try:
         result = train(data, output, cfg, on_epoch=on_epoch, on_step=on_step)
     except TrainInterrupted as e:  # the best epoch was finalised and saved: report it, then exit 130
@@ -98,6 +106,6 @@ def train_cmd(
         console.print(f"saved {result.output} ({result.meta.arch}, best epoch {result.best_epoch} of "
                       f"{result.epochs_run}, {result.stop_reason}, {result.seconds:.0f} s on {result.device}); "
                       f"thresholds: image {norm.image_threshold:.4g}, pixel {norm.pixel_threshold:.4g}",
-                      highlight=False, markup=False)
+                      highlight=False, markup=False, soft_wrap=True)  # one line, also in a log file
     if interrupted is not None:
         raise interrupted
