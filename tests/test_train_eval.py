@@ -84,6 +84,17 @@ def test_divergence_is_reported(brick_data: Path, tmp_path: Path):
         train(brick_data, tmp_path / "x.pt", TrainConfig(**{**SMALL_TRAIN, "lr": 1e12}))
 
 
+def test_epochs_default_to_the_methods_own(brick_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from stpm_edge.models.registry import get_method
+
+    assert get_method("cfa").default_epochs == 12 and get_method("stpm").default_epochs == 100
+    monkeypatch.setattr(type(get_method("stpm")), "default_epochs", 2)
+    res = train(brick_data, tmp_path / "d.pt", TrainConfig(**{**SMALL_TRAIN, "image_size": 64, "epochs": None}))
+    assert res.epochs_run == 2 and res.stop_reason == "epochs"
+    _, meta = load_checkpoint(tmp_path / "d.pt")
+    assert meta.provenance["train_config"]["epochs"] == 2  # the schedule that ran, not None
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name(args[0])
     return subprocess.run([str(exe), *args[1:]], capture_output=True, text=True, timeout=600)

@@ -70,6 +70,7 @@ class Method:
 
     name: str = ""
     summary: str = ""
+    default_epochs: int = 100  # stpm-train's --epochs when not given (patience may stop it earlier)
 
     # -- config ---------------------------------------------------------------------------
     def make_config(self, options: MethodOptions, image_size: tuple[int, int]) -> Any:

@@ -47,7 +47,7 @@ class TrainConfig:
     backbone: str | None = None  # None: the method's default
     layers: tuple[str, ...] = ()
     image_size: int = 256
-    epochs: int = 100
+    epochs: int | None = None  # None: the method's default (Method.default_epochs: 100; CFA 12)
     batch_size: int = 8
     lr: float | None = None  # None: the method's recipe
     device: str = "auto"
@@ -122,7 +122,7 @@ def validate_config(cfg: TrainConfig) -> None:
     def finite(v: float | None) -> bool:
         return v is None or (isinstance(v, (int, float)) and math.isfinite(v))
 
-    if cfg.epochs < 1:
+    if cfg.epochs is not None and cfg.epochs < 1:
         raise StpmError("--epochs must be at least 1")
     if cfg.batch_size < 1:
         raise StpmError("--batch-size must be at least 1")
@@ -168,6 +168,7 @@ def train(data: Path, output: Path, cfg: TrainConfig, *,
     validate_config(cfg)
     check_writable(Path(output))  # before a single epoch is spent
     method = get_method(cfg.method)
+    epochs = cfg.epochs if cfg.epochs is not None else method.default_epochs
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     budget = cfg.time_budget_min or 0.0
@@ -194,7 +195,8 @@ def train(data: Path, output: Path, cfg: TrainConfig, *,
     meta.provenance = {
         "stpm_edge": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
         "data": {**dataset.summary(), "fit": int(len(fit_idx)), "holdout": int(len(hold_idx))},
-        "train_config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "train_config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+                         "epochs": epochs},
         "device": str(device), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -203,7 +205,7 @@ def train(data: Path, output: Path, cfg: TrainConfig, *,
     stop_reason, budget_cut, interrupted = "epochs", False, False
     epoch = 0
     try:
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(1, epochs + 1):
             t_epoch = time.perf_counter()
             model.train()
             ctx = StepContext(epoch, generator, device, cfg.batch_size)
@@ -239,7 +241,7 @@ def train(data: Path, output: Path, cfg: TrainConfig, *,
                 stop_reason = f"early stop (no held-out improvement for {cfg.patience} epochs)"
                 break
             elapsed = time.perf_counter() - t_start
-            if epoch < cfg.epochs and elapsed + log.seconds > budget_s:
+            if epoch < epochs and elapsed + log.seconds > budget_s:
                 stop_reason = f"time budget ({budget:g} min)"
                 budget_cut = best_epoch == epoch  # still improving when the budget ended it
                 break

@@ -41,6 +41,10 @@ class CFAMethod(Method):
 
     name = "cfa"
     summary = "Coupled-hypersphere-based Feature Adaptation (Lee, Lee, Song 2022)"
+    # An epoch costs ~6x STPM's at 256² (the 4096-item memory search, forward and backward); on
+    # the sample data the test AUROC levels off by epoch 8-10 (BENCHMARKS.md, machine E), and 12
+    # epochs stay within the STPM default's training time on a 2-core CPU.
+    default_epochs = 12
 
     def make_config(self, options: MethodOptions, image_size: tuple[int, int]) -> CFAConfig:
         extra = {key: parse_option(key, value) for key, value in options.extra.items()}
