@@ -132,7 +132,8 @@ def run_cmd(
     boxes: bool = typer.Option(False, "--boxes", help="Draw the bounding boxes of the regions."),
     side_by_side: bool = typer.Option(False, "--side-by-side", help="Show the frame and the overlay side by side."),
     hud: bool = typer.Option(True, "--hud/--no-hud", help="FPS, latency, backend, score and the OK/NG badge."),
-    headless: bool = typer.Option(False, "--headless", help="No window (automatic without a display or GUI-less OpenCV)."),
+    headless: bool = typer.Option(False, "--headless", help="No window (automatic without a display or GUI-less "
+                                  "OpenCV). Several streams share one window, tiled."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the overlay video (.mp4/.avi/.mkv) or "
                                           "frames into a folder. The video appears only when complete."),
     save_anomalies: Optional[Path] = typer.Option(None, help="Folder for each NG frame: frame, overlay and mask."),
