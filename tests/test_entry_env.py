@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 PROBE = "import os, stpm_edge.cli.entry; print(os.environ['GOMP_SPINCOUNT'], os.environ['KMP_BLOCKTIME'], " \
         "os.environ['OPENCV_FFMPEG_LOGLEVEL'])"
 
@@ -24,3 +26,35 @@ def test_entry_imports_no_torch():
     code = "import sys, stpm_edge.cli.entry; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # so the OpenMP settings above are in place before PyTorch loads
+
+
+def test_ctrl_c_while_libraries_load_is_held_until_they_are_loaded():
+    import signal
+    import time
+
+    from stpm_edge.cli.entry import deferred_interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    reached_end = False
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the imports
+            time.sleep(0.05)
+            reached_end = True  # the imports were not cut off half-way
+    assert reached_end and signal.getsignal(signal.SIGINT) is before
+    with deferred_interrupt():  # no Ctrl-C: nothing raised
+        pass
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    import signal
+
+    from stpm_edge.cli.entry import deferred_interrupt
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup
+    try:
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

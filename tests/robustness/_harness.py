@@ -47,11 +47,31 @@ def assert_one_line_failure(o: Outcome, prog: str, *, code: int = 1, match: str 
         assert match in lines[0], lines[0]
 
 
-def interrupt_after(prog: str, args: list[str], seconds: float, cwd: Path | None = None) -> Outcome:
-    """Start the command, send SIGINT after ``seconds`` (Ctrl-C), collect what it said."""
+def _has_loaded(pid: int, library: str) -> bool:
+    try:
+        return library in Path(f"/proc/{pid}/maps").read_text(errors="replace")
+    except OSError:  # no /proc (or the process is gone): fall back to the delay alone
+        return True
+
+
+def interrupt_after(prog: str, args: list[str], seconds: float, cwd: Path | None = None,
+                    once_loaded: str | None = None) -> Outcome:
+    """Start the command, send SIGINT after ``seconds`` (Ctrl-C), collect what it said.
+
+    ``once_loaded``: first wait (up to 120 s) until the process has mapped a shared library whose
+    path contains this text (e.g. ``libtorch``), so that the signal lands in the command's own
+    start-up, whatever the machine's load, and never in the Python interpreter's own start-up,
+    before any code of ours runs (there Ctrl-C is the interpreter's, a KeyboardInterrupt)."""
     env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    # A test run started in the background (nohup, `cmd &` in a script) ignores SIGINT, and so would
+    # the child, whose Python then never turns Ctrl-C into KeyboardInterrupt: give it the default.
     p = subprocess.Popen([str(BIN / prog), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
+                         text=True, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    if once_loaded is not None:
+        deadline = time.monotonic() + 120
+        while p.poll() is None and not _has_loaded(p.pid, once_loaded) and time.monotonic() < deadline:
+            time.sleep(0.01)
     time.sleep(seconds)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=240)

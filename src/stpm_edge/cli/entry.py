@@ -5,9 +5,12 @@ umbrella ``stpm`` command (:mod:`stpm_edge.cli.app`) imports every verb.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
+from collections.abc import Iterator
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 EXIT_INTERRUPTED = 130
@@ -36,12 +39,39 @@ def guarded(prog: str, start) -> None:
         raise SystemExit(EXIT_INTERRUPTED) from None
 
 
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C while the command's libraries load, and act on it right after.
+
+    A KeyboardInterrupt raised in the middle of a C extension's initialisation (PyTorch, NumPy,
+    ONNX Runtime) can crash the process (seen: SIGSEGV, SIGABRT with a traceback from enum.py)
+    instead of reaching :func:`guarded`. Here SIGINT only sets a flag until the imports are
+    done; then it is raised as a KeyboardInterrupt, which :func:`guarded` turns into
+    ``prog: interrupted`` and exit code 130."""
+    pending: list[int] = []
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started ignoring Ctrl-C (nohup, `cmd &`): keep it so
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    except ValueError:  # not the main thread (embedded use): nothing to defer
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
 def single(module: str, command: str, prog: str) -> None:
     """Run ``stpm_edge.cli.<module>.<command>`` as a one-command Typer app named ``prog``."""
     def start() -> None:
-        import typer  # noqa: PLC0415
+        with deferred_interrupt():
+            import typer  # noqa: PLC0415
 
-        fn = getattr(importlib.import_module(f"stpm_edge.cli.{module}"), command)
+            fn = getattr(importlib.import_module(f"stpm_edge.cli.{module}"), command)
         app = typer.Typer(name=prog, context_settings=CONTEXT, add_completion=False)
         app.command()(fn)
         app(prog_name=prog)
@@ -75,4 +105,9 @@ def bench_main() -> None:
 
 def stpm_main() -> None:
     """The umbrella ``stpm`` command; its imports run under the Ctrl-C guard."""
-    guarded("stpm", lambda: importlib.import_module("stpm_edge.cli.app").main())
+    def start() -> None:
+        with deferred_interrupt():
+            app = importlib.import_module("stpm_edge.cli.app")
+        app.main()
+
+    guarded("stpm", start)
