@@ -160,46 +160,44 @@ def time_calls(fn: Callable[[], Any], warmup: int, iters: int, batch: int, strea
     """``warmup`` untimed calls, then ``iters`` timed ones (perf_counter per call); with ``streams``
     > 1, that many threads do so at once (each its warmup, then all start timing together), and
     the summary holds every thread's calls over the wall time of the slowest."""
-    if streams == 1:
-        for _ in range(warmup):
-            fn()
-        lat = []
-        c0, t_start = time.process_time(), time.perf_counter()
+    lats: list[list[float]] = [[] for _ in range(streams)]
+    errors: list[BaseException] = []
+
+    def timed(k: int) -> None:
         for _ in range(iters):
             t0 = time.perf_counter()
             fn()
-            lat.append(time.perf_counter() - t0)
-        wall, cpu = time.perf_counter() - t_start, time.process_time() - c0
-        return summarize(lat, batch, wall, cpu)
-    lats: list[list[float]] = [[] for _ in range(streams)]
-    errors: list[BaseException] = []
-    start = threading.Barrier(streams + 1)
+            lats[k].append(time.perf_counter() - t0)
 
-    def client(k: int) -> None:
-        try:
-            for _ in range(warmup):
-                fn()
-        except BaseException as e:  # noqa: BLE001 - reported after the others finished
-            errors.append(e)
+    if streams == 1:
+        for _ in range(warmup):
+            fn()
+        c0, t_start = time.process_time(), time.perf_counter()
+        timed(0)
+    else:
+        start = threading.Barrier(streams + 1)
+
+        def client(k: int) -> None:
+            try:
+                for _ in range(warmup):
+                    fn()
+            except BaseException as e:  # noqa: BLE001 - reported after the others finished
+                errors.append(e)
+            start.wait()
+            try:
+                if not errors:
+                    timed(k)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=client, args=(k,), name=f"bench-client-{k}", daemon=True)
+                   for k in range(streams)]
+        for t in threads:
+            t.start()
         start.wait()
-        if errors:
-            return
-        try:
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                fn()
-                lats[k].append(time.perf_counter() - t0)
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-
-    threads = [threading.Thread(target=client, args=(k,), name=f"bench-client-{k}", daemon=True)
-               for k in range(streams)]
-    for t in threads:
-        t.start()
-    start.wait()
-    c0, t_start = time.process_time(), time.perf_counter()
-    for t in threads:
-        t.join()
+        c0, t_start = time.process_time(), time.perf_counter()
+        for t in threads:
+            t.join()
     wall, cpu = time.perf_counter() - t_start, time.process_time() - c0
     if errors:
         raise errors[0]
@@ -310,11 +308,11 @@ def run_bench(cfg: BenchConfig, status: Status = lambda text, done, total: None)
         status("counting FLOP in the graph", 0, len(combos))
         flop = count_flops(files.onnx["fp32"]) if "fp32" in files.onnx else None
         gflop = None if flop is None else flop.gflop_per_frame
-        devices = sorted({c.device for c in combos})
+        devices = sorted({c.device for c in combos if c.device != "remote"})  # a Triton server's is not ours
         peaks: list[Peak] = []
-        if cfg.measure_peak and [d for d in devices if d != "remote"]:
+        if cfg.measure_peak and devices:
             status(f"measuring the matrix-multiply peak ({', '.join(devices)})", 0, len(combos))
-            peaks = measure_peaks([d for d in devices if d != "remote"], cfg.precisions, threads)
+            peaks = measure_peaks(devices, cfg.precisions, threads)
         groups: dict[tuple, list[Combo]] = {}
         for c in combos:
             groups.setdefault(c.group, []).append(c)
@@ -379,7 +377,6 @@ def served_model(uri: str) -> tuple[BenchFiles, Any]:
     backend = TritonBackend(uri)
     try:
         meta = backend.metadata
-        batch = None if backend.max_batch_size > 0 and meta.input.batch is None else meta.input.batch
     finally:
         backend.close()
-    return BenchFiles(triton=uri, model_batch=batch), meta
+    return BenchFiles(triton=uri, model_batch=meta.input.batch), meta

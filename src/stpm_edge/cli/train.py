@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from stpm_edge.cli.common import console, parse_options, print_json, setup_logging, user_errors
 from stpm_edge.errors import StpmError
 from stpm_edge.models.backbones import BACKBONES
-from stpm_edge.models.registry import DEFAULT_METHOD, get_method, method_names
+from stpm_edge.models.registry import DEFAULT_METHOD, method_names
 from stpm_edge.train.trainer import EpochLog, TrainConfig, TrainInterrupted, train, validate_config
 
 
@@ -57,7 +57,7 @@ def train_cmd(
                       patience=patience, time_budget_min=time_budget, val_every=val_every, blur_sigma=blur,
                       teacher_weights=teacher_weights)
     validate_config(cfg)
-    epochs = epochs if epochs is not None else get_method(method).default_epochs
+    epochs = cfg.max_epochs()
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]}  held-out {task.fields[hold]}  "
                                    "val AUROC img {task.fields[img]} px {task.fields[px]}  best@{task.fields[best]}"),

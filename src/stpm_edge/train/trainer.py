@@ -60,6 +60,10 @@ class TrainConfig:
     teacher_weights: Path | None = None
     method_options: dict = field(default_factory=dict)
 
+    def max_epochs(self) -> int:
+        """``epochs``, or the method's own default when it is None."""
+        return self.epochs if self.epochs is not None else get_method(self.method).default_epochs
+
     def options(self) -> MethodOptions:
         return MethodOptions(self.backbone, tuple(self.layers), self.blur_sigma, self.lr, self.teacher_weights,
                              dict(self.method_options))
@@ -168,7 +172,7 @@ def train(data: Path, output: Path, cfg: TrainConfig, *,
     validate_config(cfg)
     check_writable(Path(output))  # before a single epoch is spent
     method = get_method(cfg.method)
-    epochs = cfg.epochs if cfg.epochs is not None else method.default_epochs
+    epochs = cfg.max_epochs()
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
     budget = cfg.time_budget_min or 0.0

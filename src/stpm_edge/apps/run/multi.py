@@ -123,8 +123,8 @@ class MultiPipeline:
                     st.stop_reason = "end of stream"
                     break
                 if cap.status is Status.ERROR:
-                    st.error = cap.message or f"{st.source.spec.uri}: source error"
-                    st.exception, st.stop_reason = StpmError(st.error), "source error"
+                    st.exception = StpmError(cap.message or f"{st.source.spec.uri}: source error")
+                    st.stop_reason = "source error"
                     if len(self.streams) > 1:  # a single source's error is raised by the caller
                         logger.error("%s%s (the other streams go on)", self._tag(st), st.error)
                     break
@@ -140,7 +140,7 @@ class MultiPipeline:
                 captured += 1
                 self._put(st, Item(st, cap.index, cap.frame, cap.timestamp, x, times))
         except BaseException as e:  # noqa: BLE001 - this stream fails; the others go on
-            st.error, st.exception, st.stop_reason = first_line(e), e, "error"
+            st.exception, st.stop_reason = e, "error"
             if len(self.streams) > 1:
                 logger.error("%sfailed: %s", self._tag(st), st.error)
         finally:

@@ -290,7 +290,6 @@ class TiledWindowSink(Sink):
         self.interval = 1.0 / max_fps if max_fps > 0 else 0.0
         self._latest: dict[str, np.ndarray] = {}
         self._last_show = -math.inf
-        self.shown = 0
         if show is None:
             cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
         self._show = show or cv2.imshow
@@ -303,7 +302,6 @@ class TiledWindowSink(Sink):
             return
         self._last_show = now
         self._show(self.title, tile_mosaic([self._latest.get(n) for n in self.names], self.names, self.max_width))
-        self.shown += 1
         if self._poll() & 0xFF in (27, ord("q")):
             self.stop_requested = True
 

@@ -84,10 +84,10 @@ class Pipeline:
         try:
             self._engine.run()
         except BaseException as e:
-            self._fill(summary)
             summary.error = first_line(e)
             raise
-        self._fill(summary)
+        finally:
+            self._fill(summary)
         if self._stream.exception is not None:
             summary.error = first_line(self._stream.exception)
             raise self._stream.exception

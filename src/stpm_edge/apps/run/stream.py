@@ -13,7 +13,7 @@ import numpy as np
 from stpm_edge.apps.run.outputs import Sink
 from stpm_edge.apps.run.sources import VideoSource
 from stpm_edge.apps.run.stats import Ema, LatencyStats
-from stpm_edge.errors import StpmError
+from stpm_edge.errors import StpmError, first_line
 from stpm_edge.runtime.overlay import OverlayStyle
 
 STAGES = ("capture", "preprocess", "infer", "postprocess", "render", "output", "end_to_end")
@@ -66,7 +66,6 @@ class Stream:
     queue_drops: int = 0
     corrupt: int = 0
     ended: bool = False
-    error: str | None = None
     exception: BaseException | None = None  # what ended the stream, when it failed
     stop_reason: str = ""
     first_out: float | None = None
@@ -78,6 +77,11 @@ class Stream:
         self.q: queue.Queue = queue.Queue(maxsize=self.queue_size or (1 if self.source.live else 2))
         self.stats = {s: LatencyStats() for s in STAGES}
         self.fps_ema, self.latency_ema = Ema(0.1), Ema(0.1)  # for the HUD
+
+    @property
+    def error(self) -> str | None:
+        """Why the stream failed, in one line (None while it has not)."""
+        return None if self.exception is None else first_line(self.exception)
 
     def summary(self) -> dict[str, Any]:
         st = self.source.stats
