@@ -342,6 +342,29 @@ def test_bench_concurrent_streams_rows(tiny_export):
     assert rows[1]["iters"] == 4 and rows[3]["iters"] == 12 and rows[3]["throughput_fps"] > 0
 
 
+def test_bench_several_models_side_by_side(tiny_export):
+    """Two models in one run: a full report each, and the comparison of their common rows with the
+    ratio to the first model's (its own rows 1.0)."""
+    second = tiny_export.with_name("model.pt")  # the same network, exported again by stpm-bench
+    args = [str(tiny_export), str(second), "--backends", "onnxruntime", "--precisions", "fp32", "--batch", "1,2",
+            "--warmup", "1", "--iters", "3", "--no-peak"]
+    both, err = _bench([*args, "--json"])
+    assert both["schema"] == "stpm-edge/bench-set" and both["command"].startswith("stpm-bench ")
+    assert [check_report(r) for r in both["reports"]] == [[], []]
+    assert [r["model"]["path"] for r in both["reports"]] == [str(tiny_export), str(second)]
+    assert "[model 2/2: " in err
+    cmp = both["comparison"]
+    assert [(c["model"], c["key"]["batch"]) for c in cmp] == [(str(tiny_export), 1), (str(tiny_export), 2),
+                                                              (str(second), 1), (str(second), 2)]
+    assert [c["vs_first"] for c in cmp[:2]] == [1.0, 1.0] and all(c["vs_first"] > 0 for c in cmp[2:])
+    p50 = {(c["model"], c["key"]["batch"]): c["p50_ms"] for c in cmp}
+    assert cmp[3]["vs_first"] == pytest.approx(p50[(str(second), 2)] / p50[(str(tiny_export), 2)], rel=1e-2)
+    res = CliRunner().invoke(app, ["bench", *args, "--markdown"])
+    assert res.exit_code == 0 and "### Side by side" in res.stdout and res.stdout.count("### ") == 3
+    res = CliRunner().invoke(app, ["bench", *args])
+    assert res.exit_code == 0 and "the models side by side" in res.stdout
+
+
 def test_bench_table_output(tiny_export):
     res = CliRunner().invoke(app, ["bench", str(tiny_export), "--backends", "onnxruntime", "--precisions", "fp32",
                                    "--warmup", "0", "--iters", "2", "--no-peak"])
@@ -371,6 +394,11 @@ def test_bench_user_errors(tiny_export, tmp_path):
     assert res.exit_code == 1 and "stpm-bench: --streams 'x'" in res.stderr
     res = runner.invoke(app, ["bench", "triton://host:8000/a/b"])
     assert res.exit_code == 1 and "triton://host:8000/a/b" in res.stderr and "\n" not in res.stderr.strip()
+    res = runner.invoke(app, ["bench", str(tiny_export), str(tiny_export)])
+    assert res.exit_code == 1 and "named twice" in res.stderr
+    res = runner.invoke(app, ["bench", str(tiny_export), str(tiny_export.with_name("model.pt")), "--checkpoint",
+                              str(tiny_export.with_name("model.pt"))])
+    assert res.exit_code == 1 and "--checkpoint names the reference of one MODEL" in res.stderr
     res = runner.invoke(app, ["bench", "triton://host:8000/m", "--calib", str(tmp_path)])
     assert res.exit_code == 1 and "apply when MODEL is a checkpoint" in res.stderr
 

@@ -104,9 +104,32 @@ def test_config_validation_and_round_trip():
     cfg = m.make_config(MethodOptions(extra={"seg": False, "margin": 0.5, "score": "topk"}), (64, 64))
     assert cfg.layers == ("blocks.1", "blocks.2", "blocks.4") and not cfg.seg
     assert m.config_from_dict(json.loads(json.dumps(m.config_to_dict(cfg))), "x") == cfg
-    for bad in ({"nope": 1}, {"margin": -1}, {"score": "mean"}, {"seg": 3}, {"topk": 0}):
+    assert cfg.fuse == "product"  # without the segmentation network the map is the product
+    assert m.make_config(MethodOptions(), (64, 64)).fuse == "seg"
+    old = {k: v for k, v in m.config_to_dict(cfg).items() if k != "fuse"}  # a checkpoint from before the option
+    assert m.config_from_dict(old, "old.pt").fuse == "product"
+    for bad in ({"nope": 1}, {"margin": -1}, {"score": "mean"}, {"seg": 3}, {"topk": 0}, {"fuse": "sum"},
+                {"seg": False, "fuse": "seg_product"}):
         with pytest.raises(StpmError):
             m.make_config(MethodOptions(extra=bad), (64, 64))
+
+
+def test_fuse_variants_share_the_trained_model():
+    """fuse=product is the segmentation-free map of the same student; seg_product multiplies the
+    segmentation probability into it, pixel by pixel (before the blur)."""
+    m = get_method("dmdd")
+    model = m.build(m.make_config(MethodOptions(blur_sigma=0.0), (64, 64)), (64, 64), pretrained=False, seed=0).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    maps = {}
+    with torch.no_grad():
+        for fuse in ("seg", "product", "seg_product", "normality", "seg_normality"):
+            model.config = DMDDConfig(**{**model.config.__dict__, "fuse": fuse}).resolved()
+            maps[fuse], score = m.inference_module(model)(x)
+            assert torch.allclose(score, maps[fuse].amax(dim=(1, 2, 3)))
+    assert torch.all((maps["seg"] > 0) & (maps["seg"] < 1))
+    assert torch.allclose(maps["seg_product"], maps["seg"] * maps["product"], rtol=1e-5, atol=1e-7)
+    assert torch.allclose(maps["seg_normality"], maps["seg"] * maps["normality"], rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(maps["product"], maps["normality"])
 
 
 def test_decouple_student_shapes_and_gradients():

@@ -6,7 +6,7 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -38,9 +38,11 @@ def parse_batches(text: str, option: str = "--batch") -> tuple[int, ...]:
 
 @user_errors("stpm-bench")
 def bench_cmd(
-    model: str = typer.Argument(..., help="An exported model.onnx (its variants and engines are found beside it by "
-                                "name), a model.pt checkpoint (exported into a temporary folder first), or a "
-                                "triton://HOST:PORT/NAME model on a Triton server."),
+    models: List[str] = typer.Argument(..., metavar="MODEL...", help="An exported model.onnx (its variants and "
+                                       "engines are found beside it by name), a model.pt checkpoint (exported into a "
+                                       "temporary folder first), or a triton://HOST:PORT/NAME model on a Triton "
+                                       "server. Several: each is benchmarked with the same settings in this run, "
+                                       "then one table sets their rows side by side."),
     backends: str = typer.Option(",".join(BACKENDS), help="Comma-separated: torch (the PyTorch eager reference), "
                                  "onnxruntime, tensorrt."),
     precisions: str = typer.Option(",".join(PRECISIONS), help="Comma-separated: fp32, fp16, int8 (INT8: both ONNX "
@@ -70,7 +72,8 @@ def bench_cmd(
 ) -> None:
     """Benchmark MODEL: latency p50/p90/p99, frames/s, peak RSS, speed against PyTorch eager, GFLOP/s against
     the machine's measured matmul peak — for every backend × precision × batch available; the others are listed
-    with the reason. Progress goes to stderr; the table (or --json / --markdown) to stdout."""
+    with the reason. Several models: the same for each, then their rows side by side. Progress goes to stderr;
+    the table (or --json / --markdown) to stdout."""
     setup_logging(verbose)
     if not verbose:  # one INFO line per opened backend is noise here; the table says what ran
         logging.getLogger("stpm_edge.runtime").setLevel(logging.WARNING)
@@ -81,34 +84,50 @@ def bench_cmd(
         raise StpmError("--json and --markdown: choose one")
     from stpm_edge.runtime.backends.triton import is_triton_uri  # noqa: PLC0415
 
-    target: Path | str = model if is_triton_uri(model) else Path(model)
-    if (isinstance(target, str) or target.suffix.lower() == ".onnx") and (
+    targets: list[Path | str] = [m if is_triton_uri(m) else Path(m) for m in models]
+    if any((isinstance(t, str) or t.suffix.lower() == ".onnx") for t in targets) and (
             calib is not None or work_dir is not None or calib_count is not None):
         raise StpmError("--calib, --calib-count and --work-dir apply when MODEL is a checkpoint (.pt)")
+    if len(targets) > 1 and checkpoint is not None:
+        raise StpmError("--checkpoint names the reference of one MODEL; with several, each finds its own")
+    if len(set(map(str, targets))) != len(targets):
+        raise StpmError("the same MODEL is named twice")
     devices = tuple(d for d in parse_choices(device, ("auto", *DEVICES), "--device"))
-    cfg = BenchConfig(target, checkpoint, parse_choices(backends, BACKENDS, "--backends"),
-                      parse_choices(precisions, PRECISIONS, "--precisions"), parse_batches(batch), devices,
-                      warmup, iters, threads, cuda_graphs, calib, calib_count, measure_peak=peak, isolate=isolate,
-                      work_dir=work_dir, streams=parse_batches(streams, "--streams"))
-    cfg.validated()
-    if console.is_terminal:
-        with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as progress:
-            task = progress.add_task("starting", total=None)
+    configs = []
+    for k, target in enumerate(targets):
+        folder = work_dir if work_dir is None or len(targets) == 1 else work_dir / f"{k + 1}-{Path(str(target)).stem}"
+        configs.append(BenchConfig(
+            target, checkpoint, parse_choices(backends, BACKENDS, "--backends"),
+            parse_choices(precisions, PRECISIONS, "--precisions"), parse_batches(batch), devices, warmup, iters,
+            threads, cuda_graphs, calib, calib_count, measure_peak=peak, isolate=isolate, work_dir=folder,
+            streams=parse_batches(streams, "--streams")).validated())
+    results = []
+    for k, cfg in enumerate(configs):
+        prefix = f"[model {k + 1}/{len(configs)}: {cfg.model}] " if len(configs) > 1 else ""
+        results.append(_run_one(cfg, prefix, run_bench))
+    command = "stpm-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    for result in results:
+        result["command"] = command
+        for w in result["warnings"]:
+            console.print(f"warning: {w}", style="yellow", highlight=False)
+    if len(results) > 1:
+        from stpm_edge import __version__  # noqa: PLC0415
+        from stpm_edge.bench import compare  # noqa: PLC0415
 
-            def status(text: str, done: int, total: int) -> None:
-                progress.update(task, description=text, completed=done, total=total or None)
-
-            result = run_bench(cfg, status)
-    else:
-        def status(text: str, done: int, total: int) -> None:
-            print(f"stpm-bench: [{done}/{total}] {text}" if total else f"stpm-bench: {text}", file=sys.stderr,
-                  flush=True)
-
-        result = run_bench(cfg, status)
-    result["command"] = "stpm-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    for w in result["warnings"]:
-        console.print(f"warning: {w}", style="yellow", highlight=False)
+        both = compare.bench_set(results, __version__, command)
+        if json_out:
+            print_json(both)
+            return
+        if markdown:
+            sys.stdout.write("\n".join(fmt.markdown(r, heading=f"### {r['model']['path']}") for r in results))
+            sys.stdout.write("\n### Side by side\n\n" + compare.comparison_markdown(both["comparison"]))
+            return
+        out = Console() if sys.stdout.isatty() else Console(width=200)
+        for r in results:
+            _print_report(out, r, fmt)
+        out.print(compare.comparison_table(both["comparison"]))
+        return
+    result = results[0]
     if json_out:
         print_json(result)
         return
@@ -116,6 +135,29 @@ def bench_cmd(
         sys.stdout.write(fmt.markdown(result))
         return
     out = Console() if sys.stdout.isatty() else Console(width=200)  # no wrapping when redirected to a file
+    _print_report(out, result, fmt)
+
+
+def _run_one(cfg, prefix: str, run_bench):
+    """One model's benchmark, with a progress bar on a terminal and plain lines otherwise."""
+    if console.is_terminal:
+        with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=True) as progress:
+            task = progress.add_task(prefix + "starting", total=None)
+
+            def status(text: str, done: int, total: int) -> None:
+                progress.update(task, description=prefix + text, completed=done, total=total or None)
+
+            return run_bench(cfg, status)
+
+    def plain(text: str, done: int, total: int) -> None:
+        print(f"stpm-bench: {prefix}[{done}/{total}] {text}" if total else f"stpm-bench: {prefix}{text}",
+              file=sys.stderr, flush=True)
+
+    return run_bench(cfg, plain)
+
+
+def _print_report(out: Console, result, fmt) -> None:
     for part in fmt.rich_tables(result):
         out.print(part)
     out.print(f"model: {fmt.model_line(result)}", highlight=False)

@@ -30,8 +30,8 @@ def train_cmd(
     layers: str = typer.Option("", help="Comma-separated pyramid levels (default: the backbone's three; "
                                         "resnet: layer1,layer2,layer3; efficientnet_lite0: blocks.1,blocks.2,blocks.4)."),
     image_size: int = typer.Option(256, help="Square model input size in pixels."),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default: the method's: 100; cfa 12, whose epochs "
-                                         "cost ~6x STPM's)."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (default: the method's: 100; cfa 12 and "
+                                         "rstpm 80, whose epochs cost ~6x and ~2.3x STPM's)."),
     batch_size: int = typer.Option(8, help="Images per SGD step."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (default: the method's recipe; STPM: SGD 0.4, "
                                        "momentum 0.9, weight decay 1e-4)."),

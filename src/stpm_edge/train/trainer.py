@@ -47,7 +47,7 @@ class TrainConfig:
     backbone: str | None = None  # None: the method's default
     layers: tuple[str, ...] = ()
     image_size: int = 256
-    epochs: int | None = None  # None: the method's default (Method.default_epochs: 100; CFA 12)
+    epochs: int | None = None  # None: the method's default (Method.default_epochs: 100; CFA 12, RSTPM 80)
     batch_size: int = 8
     lr: float | None = None  # None: the method's recipe
     device: str = "auto"

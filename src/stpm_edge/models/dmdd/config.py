@@ -9,6 +9,11 @@ Method options (``stpm-train --method dmdd --opt KEY=VALUE``):
 ``seg`` (true)          the multi-perception segmentation network gives the map; false is the
                         ablation "without the segmentation net" (map = product over levels of
                         the mean of the normality and abnormality discrepancies, as STPM).
+``fuse`` (seg)          the map: ``seg`` the segmentation network's probability; ``product`` the
+                        product over levels of the mean of the two branches' discrepancies (as
+                        without the net, on the same trained model); ``normality`` that product
+                        of the normality branch's alone; ``seg_product``, ``seg_normality``: the
+                        segmentation probability times one of them.
 ``margin`` (1.0)        the abnormality hinge: inside the mask, relu(margin - d) with
                         d = 1 - cos(teacher, abnormality feature) in [0, 2].
 ``w_abn`` (1.0), ``w_seg`` (1.0)   loss weights.
@@ -28,6 +33,8 @@ from stpm_edge.models.backbones import get_spec, resolve_layers
 
 MAX_BLUR = 64.0
 SCORES = ("max", "topk")
+FUSES = ("seg", "product", "seg_product", "normality", "seg_normality")
+NO_SEG_FUSES = ("product", "normality")  # the maps that need no segmentation network
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class DMDDConfig:
     blur_sigma: float = 4.0
     abnormality: bool = True
     seg: bool = True
+    fuse: str | None = None  # None: "seg" with the segmentation network, else "product"
     margin: float = 1.0
     w_abn: float = 1.0
     w_seg: float = 1.0
@@ -58,11 +66,17 @@ class DMDDConfig:
         _num("w_seg", self.w_seg, 0.0, 100.0)
         _num("seg_lr", self.seg_lr, 0.0, 10.0, open_low=True)
         _num("p_anomaly", self.p_anomaly, 0.0, 1.0, open_low=True)
+        fuse = self.fuse if self.fuse is not None else ("seg" if self.seg else "product")
+        if fuse not in FUSES:
+            raise StpmError(f"dmdd option fuse={fuse}: choose from {', '.join(FUSES)}")
+        if fuse not in NO_SEG_FUSES and not self.seg:
+            raise StpmError(f"dmdd option fuse={fuse} needs the segmentation network (seg=false: fuse=product "
+                            "or normality)")
         if self.score not in SCORES:
             raise StpmError(f"dmdd option score={self.score}: choose from {', '.join(SCORES)}")
         if isinstance(self.topk, bool) or not isinstance(self.topk, int) or not 1 <= self.topk <= 3840:
             raise StpmError(f"dmdd option topk={self.topk}: expected an integer in 1..3840 (TensorRT's TopK limit)")
-        return DMDDConfig(**{**asdict(self), "layers": layers, "blur_sigma": float(self.blur_sigma),
+        return DMDDConfig(**{**asdict(self), "layers": layers, "fuse": fuse, "blur_sigma": float(self.blur_sigma),
                              "margin": float(self.margin), "w_abn": float(self.w_abn), "w_seg": float(self.w_seg),
                              "seg_lr": float(self.seg_lr), "p_anomaly": float(self.p_anomaly)})
 
@@ -95,8 +109,10 @@ class DMDDConfig:
         if unknown:
             raise StpmError(f"method dmdd has no option {sorted(unknown)[0]!r} (it has: {', '.join(sorted(allowed))})")
         kw: dict[str, Any] = dict(extra)
-        if "score" in kw:
-            kw["score"] = str(kw["score"])
+        for key in ("score", "fuse"):
+            if key in kw:
+                kw[key] = str(kw[key])
+
         return cls(backbone or "efficientnet_lite0", tuple(layers), 4.0 if blur is None else blur, **kw).resolved()
 
 

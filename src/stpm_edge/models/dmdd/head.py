@@ -8,8 +8,12 @@ in FP32. The normality branch gives ``dn_l``, the abnormality branch ``da_l``.
 * with the segmentation network (default): the maps ``[dn_1..dn_L, da_1..da_L]`` are resized
   to the finest level's grid and stacked as channels; the network's logits → sigmoid →
   bilinear resize to the output size → the map (a probability of "anomalous");
-* without it (ablation): ``map = ∏_l resize(½(dn_l + da_l))`` (``dn_l`` alone without the
-  abnormality branch), STPM's fusion.
+* without it (``fuse=product``; the ablation): ``map = ∏_l resize(½(dn_l + da_l))`` (``dn_l``
+  alone without the abnormality branch), STPM's fusion;
+* ``fuse=normality``: ``∏_l resize(dn_l)``, the normality branch alone (the student that
+  learnt to erase anomalies);
+* ``fuse=seg_product`` / ``seg_normality``: the segmentation probability times one of those
+  products, so a pixel must look anomalous to both the network and the plain discrepancies.
 
 Then the optional Gaussian blur (STPM's :class:`GaussianBlur`) and the image score: the
 map's max, or the mean of its ``topk`` largest values.
@@ -22,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stpm_edge.models.dmdd.config import NO_SEG_FUSES
 from stpm_edge.models.stpm.head import GaussianBlur, level_distance
 
 
@@ -59,8 +64,11 @@ class DMDDHead(nn.Module):
     """Teacher features and the two student branches → (anomaly map (N,1,H,W), score (N,))."""
 
     def __init__(self, output_size: tuple[int, int], grid: tuple[int, int], seg: nn.Module | None,
-                 blur_sigma: float = 0.0, score: str = "max", topk: int = 100) -> None:
+                 blur_sigma: float = 0.0, score: str = "max", topk: int = 100, fuse: str = "seg") -> None:
         super().__init__()
+        if (seg is None) != (fuse in NO_SEG_FUSES):
+            raise ValueError(f"fuse={fuse} with{'out' if seg is None else ''} a segmentation network")
+        self.fuse = fuse
         self.output_size = (int(output_size[0]), int(output_size[1]))
         self.grid = (int(grid[0]), int(grid[1]))
         self.seg = seg
@@ -70,10 +78,14 @@ class DMDDHead(nn.Module):
 
     def raw_map(self, teacher: Sequence[torch.Tensor], normal: Sequence[torch.Tensor],
                 abnormal: Sequence[torch.Tensor] | None) -> torch.Tensor:
+        branches = None if self.fuse.endswith("normality") else abnormal
         if self.seg is None:
-            return product_map(teacher, normal, abnormal, self.output_size)
+            return product_map(teacher, normal, branches, self.output_size)
         logits = self.seg(discrepancy_stack(teacher, normal, abnormal, self.grid))
-        return resize(torch.sigmoid(logits), self.output_size)
+        prob = resize(torch.sigmoid(logits), self.output_size)
+        if self.fuse != "seg":
+            return prob * product_map(teacher, normal, branches, self.output_size)
+        return prob
 
     def forward(self, teacher: Sequence[torch.Tensor], normal: Sequence[torch.Tensor],
                 abnormal: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from stpm_edge.models.backbones import FeatureExtractor, create_backbone
-from stpm_edge.models.dmdd.config import DMDDConfig
+from stpm_edge.models.dmdd.config import NO_SEG_FUSES, DMDDConfig
 from stpm_edge.models.dmdd.head import DMDDHead
 from stpm_edge.models.dmdd.segnet import MultiPerceptionSegNet
 
@@ -92,7 +92,8 @@ class DMDD(nn.Module):
     def make_head(self, blur_sigma: float | None = None) -> DMDDHead:
         c = self.config
         sigma = c.blur_sigma if blur_sigma is None else blur_sigma
-        return DMDDHead(self.image_size, self.grid, self.seg, sigma, c.score, c.topk)
+        seg = None if c.fuse in NO_SEG_FUSES else self.seg  # fuse=product/normality: the trained net is unused
+        return DMDDHead(self.image_size, self.grid, seg, sigma, c.score, c.topk, c.fuse)
 
     @torch.no_grad()
     def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
