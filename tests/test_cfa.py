@@ -20,7 +20,7 @@ from stpm_edge.export.onnx_export import export_onnx
 from stpm_edge.tensorrt.onnx_ops import TRT85_SUPPORTED_OPS
 from stpm_edge.models.cfa.config import CFAConfig
 from stpm_edge.models.cfa.head import nearest_squared, patch_score, squared_distances
-from stpm_edge.models.cfa.loss import coreset, hypersphere_loss_per_image, init_memory_bank, kmeans
+from stpm_edge.models.cfa.loss import hypersphere_loss_per_image, init_memory_bank, kmeans
 from stpm_edge.models.checkpoint import load_checkpoint
 from stpm_edge.models.deploy import ExportConfig
 from stpm_edge.models.method import MethodOptions
@@ -108,26 +108,6 @@ def test_memory_bank_compression_by_kmeans():
     assert sorted(round(float(v)) for v in c[:, 0]) == [-5, 0, 5]
 
 
-def test_coreset_bank_keeps_rare_patches():
-    """bank=coreset: real patch embeddings, a rare pattern kept (per-position means average it
-    away), reproducible by seed, the same size as the mean bank."""
-    pts = torch.cat([torch.zeros(50, 2), torch.full((2, 2), 9.0), torch.tensor([[0.0, 3.0]])])
-    pts = pts + 0.01 * torch.randn(53, 2, generator=torch.Generator().manual_seed(0))
-    c = coreset(pts, 3, torch.Generator().manual_seed(0))
-    assert sorted(round(float(v)) for v in c.sum(1)) == [0, 3, 18]  # one item from each group
-    assert all(any(torch.equal(row, q) for q in pts) for row in c)
-    _, model = _model(64, bank="coreset", gamma_c=2)
-    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-    a = init_memory_bank(model, x, 2, torch.device("cpu"), torch.Generator().manual_seed(0)).clone()
-    b = init_memory_bank(model, x, 2, torch.device("cpu"), torch.Generator().manual_seed(0)).clone()
-    with torch.no_grad():
-        emb = model(x).flatten(2).transpose(1, 2).reshape(-1, a.shape[1])
-    assert a.shape == (16 * 16 // 2, emb.shape[1]) and torch.equal(a, b)
-    exact = torch.cdist(a, emb, compute_mode="donot_use_mm_for_euclid_dist")
-    assert exact.min(dim=1).values.max() < 1e-5  # every item is one of the patches
-    assert len(torch.unique(a, dim=0)) == len(a)
-
-
 # -- config ---------------------------------------------------------------------------------
 def test_config_options_and_errors():
     method = get_method("cfa")
@@ -135,7 +115,7 @@ def test_config_options_and_errors():
     assert cfg.gamma_c == 4 and cfg.radius == 0.0 and cfg.learn_radius is False
     assert method.config_from_dict(method.config_to_dict(cfg), "x") == cfg
     assert cfg.layers == ("blocks.1", "blocks.2", "blocks.4") and cfg.embed_channels() == (176, 176)
-    for bad in ({"foo": 1}, {"k": 0}, {"nu": 0.0}, {"gamma_d": 1.5}, {"k": 40, "j": 40}, {"bank": "median"}):
+    for bad in ({"foo": 1}, {"k": 0}, {"nu": 0.0}, {"gamma_d": 1.5}, {"k": 40, "j": 40}):
         with pytest.raises(StpmError):
             method.make_config(MethodOptions(extra=bad), (64, 64))
     with pytest.raises(StpmError):

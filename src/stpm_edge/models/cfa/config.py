@@ -13,8 +13,7 @@ from stpm_edge.models.backbones import get_spec, resolve_layers
 
 MAX_BLUR = 64.0
 MAX_NEIGHBOURS = 64  # K + J: a small TopK (TensorRT's TopK allows k <= 3840)
-BLUR_BORDERS = ("renorm", "reflect")
-BANKS = ("mean", "coreset")  # the paper's per-position means, or a greedy coreset of real patch embeddings  # the map blur's border: ours, or anomalib's mirrored one
+BLUR_BORDERS = ("renorm", "reflect")  # the map blur's border: ours, or anomalib's mirrored one
 
 
 @dataclass(frozen=True)
@@ -27,11 +26,7 @@ class CFAConfig:
     items repelled (hard negatives); ``nu``: soft-boundary weight (the loss is scaled by 1/ν);
     ``alpha``: repulsion margin; ``radius``: the hypersphere radius r (its initial value
     when ``learn_radius``); ``blur_border``: how the map blur treats the image border
-    (``renorm``, ours; ``reflect``, anomalib's, for imported models); ``bank``: how the memory
-    bank is initialised: ``mean``, the paper's mean embedding of each position (k-means to
-    h·w/gamma_c items when gamma_c > 1), or ``coreset``, h·w/gamma_c real patch embeddings of the
-    fit images picked by greedy farthest-point selection (for textures, whose patches do not
-    line up by position). Either way its size depends only on the grid."""
+    (``renorm``, ours; ``reflect``, anomalib's, for imported models)."""
 
     backbone: str = "efficientnet_lite0"
     layers: tuple[str, ...] = ()
@@ -45,7 +40,6 @@ class CFAConfig:
     radius: float = 1e-5
     learn_radius: bool = True
     blur_border: str = "renorm"
-    bank: str = "mean"
 
     def resolved(self) -> "CFAConfig":
         """Validated, with the levels resolved (one-line StpmError)."""
@@ -70,8 +64,6 @@ class CFAConfig:
                 raise StpmError(f"cfa option {name}={v}: expected a finite number {'> 0' if name == 'nu' else '>= 0'}")
         if self.blur_border not in BLUR_BORDERS:
             raise StpmError(f"cfa option blur_border={self.blur_border}: expected one of {', '.join(BLUR_BORDERS)}")
-        if self.bank not in BANKS:
-            raise StpmError(f"cfa option bank={self.bank}: expected one of {', '.join(BANKS)}")
         if not isinstance(self.learn_radius, bool):
             raise StpmError(f"cfa option learn_radius={self.learn_radius}: expected true or false")
         return replace(self, layers=layers, blur_sigma=blur, nu=float(self.nu), alpha=float(self.alpha),
@@ -111,7 +103,7 @@ class CFAConfig:
 
 
 OPTION_TYPES: dict[str, type] = {"gamma_d": int, "gamma_c": int, "k": int, "j": int, "nu": float, "alpha": float,
-                                 "radius": float, "learn_radius": bool, "blur_border": str, "bank": str}
+                                 "radius": float, "learn_radius": bool, "blur_border": str}
 
 
 def parse_option(key: str, value: Any) -> Any:

@@ -81,63 +81,15 @@ def kmeans(points: torch.Tensor, n_clusters: int, generator: torch.Generator, it
 
 
 @torch.no_grad()
-def coreset(points: torch.Tensor, n_items: int, generator: torch.Generator) -> torch.Tensor:
-    """(n_items, D) rows of (P, D) ``points`` chosen by greedy farthest-point selection (each
-    next item the point farthest from those chosen), starting from a point drawn from
-    ``generator``: the chosen set covers every region of the points, rare ones included."""
-    p = points.float()
-    n = p.shape[0]
-    n_items = max(1, min(int(n_items), n))
-    chosen = torch.empty(n_items, dtype=torch.long)
-    chosen[0] = int(torch.randint(n, (1,), generator=generator))
-    sq = (p * p).sum(dim=1)
-    d2 = torch.full((n,), float("inf"))
-    for i in range(1, n_items + 1):
-        c = p[chosen[i - 1]]
-        d2 = torch.minimum(d2, (sq - 2.0 * (p @ c) + sq[chosen[i - 1]]).clamp_(min=0.0))
-        if i < n_items:
-            chosen[i] = int(torch.argmax(d2))
-    return p[chosen].clone()
-
-
-@torch.no_grad()
-def patch_sample(model, x_fit: torch.Tensor, batch_size: int, device: torch.device, generator: torch.Generator,
-                 limit: int) -> torch.Tensor:
-    """(≤ limit, D) patch embeddings of the fit images: every patch, or an even random share
-    of each image's patches (seeded) when there are more than ``limit`` in all."""
-    per_image = None
-    out = []
-    for i in range(0, len(x_fit), batch_size):
-        emb = model(x_fit[i:i + batch_size].to(device)).float().cpu()  # (n, D, h, w)
-        pts = emb.flatten(2).transpose(1, 2)  # (n, h·w, D)
-        if per_image is None:
-            per_image = max(1, min(pts.shape[1], limit // max(1, len(x_fit))))
-        for img in pts:
-            if per_image < img.shape[0]:
-                img = img[torch.randperm(img.shape[0], generator=generator)[:per_image]]
-            out.append(img)
-    return torch.cat(out)
-
-
-CORESET_POINTS = 100_000  # patch embeddings the coreset is chosen from (~70 MB at D = 176)
-
-
-@torch.no_grad()
 def init_memory_bank(model, x_fit: torch.Tensor, batch_size: int, device: torch.device,
                      generator: torch.Generator) -> torch.Tensor:
-    """Set ``model.memory_bank`` from the fit images and return it: ``bank=mean``, the
-    per-position mean, then k-means to h·w / gamma_c items when gamma_c > 1; ``bank=coreset``,
-    h·w / gamma_c of their patch embeddings by farthest-point selection. Its size depends only
-    on the grid."""
+    """Set ``model.memory_bank`` from the fit images (per-position mean, then k-means to
+    h·w / gamma_c items when gamma_c > 1) and return it. Its size depends only on the grid."""
     was_training = model.training
     model.eval()
-    n_items = model.memory_bank.shape[0]
-    if model.config.bank == "coreset":
-        bank = coreset(patch_sample(model, x_fit, batch_size, device, generator, CORESET_POINTS), n_items, generator)
-    else:
-        bank = mean_embedding(model, x_fit, batch_size, device)
-        if model.config.gamma_c > 1:
-            bank = kmeans(bank, n_items, generator)
+    bank = mean_embedding(model, x_fit, batch_size, device)
+    if model.config.gamma_c > 1:
+        bank = kmeans(bank, model.memory_bank.shape[0], generator)
     model.memory_bank.copy_(bank.to(model.memory_bank.device))
     model.train(was_training)
     return model.memory_bank
