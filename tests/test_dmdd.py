@@ -105,9 +105,11 @@ def test_config_validation_and_round_trip():
     assert cfg.layers == ("blocks.1", "blocks.2", "blocks.4") and not cfg.seg
     assert m.config_from_dict(json.loads(json.dumps(m.config_to_dict(cfg))), "x") == cfg
     assert cfg.fuse == "product"  # without the segmentation network the map is the product
-    assert m.make_config(MethodOptions(), (64, 64)).fuse == "seg"
-    old = {k: v for k, v in m.config_to_dict(cfg).items() if k != "fuse"}  # a checkpoint from before the option
-    assert m.config_from_dict(old, "old.pt").fuse == "product"
+    new = m.make_config(MethodOptions(), (64, 64))
+    assert new.fuse == "seg_normality"  # the default (BENCHMARKS.md: DMDD's map choice)
+    for c, was in ((cfg, "product"), (new, "seg")):  # checkpoints from before the option keep their map
+        old = {k: v for k, v in m.config_to_dict(c).items() if k != "fuse"}
+        assert m.config_from_dict(old, "old.pt").fuse == was
     for bad in ({"nope": 1}, {"margin": -1}, {"score": "mean"}, {"seg": 3}, {"topk": 0}, {"fuse": "sum"},
                 {"seg": False, "fuse": "seg_product"}):
         with pytest.raises(StpmError):

@@ -9,7 +9,7 @@ Method options (``stpm-train --method dmdd --opt KEY=VALUE``):
 ``seg`` (true)          the multi-perception segmentation network gives the map; false is the
                         ablation "without the segmentation net" (map = product over levels of
                         the mean of the normality and abnormality discrepancies, as STPM).
-``fuse`` (seg)          the map: ``seg`` the segmentation network's probability; ``product`` the
+``fuse`` (seg_normality) the map: ``seg`` the segmentation network's probability; ``product`` the
                         product over levels of the mean of the two branches' discrepancies (as
                         without the net, on the same trained model); ``normality`` that product
                         of the normality branch's alone; ``seg_product``, ``seg_normality``: the
@@ -44,7 +44,7 @@ class DMDDConfig:
     blur_sigma: float = 4.0
     abnormality: bool = True
     seg: bool = True
-    fuse: str | None = None  # None: "seg" with the segmentation network, else "product"
+    fuse: str | None = None  # None: "seg_normality" with the segmentation network, else "product"
     margin: float = 1.0
     w_abn: float = 1.0
     w_seg: float = 1.0
@@ -66,7 +66,7 @@ class DMDDConfig:
         _num("w_seg", self.w_seg, 0.0, 100.0)
         _num("seg_lr", self.seg_lr, 0.0, 10.0, open_low=True)
         _num("p_anomaly", self.p_anomaly, 0.0, 1.0, open_low=True)
-        fuse = self.fuse if self.fuse is not None else ("seg" if self.seg else "product")
+        fuse = self.fuse if self.fuse is not None else ("seg_normality" if self.seg else "product")
         if fuse not in FUSES:
             raise StpmError(f"dmdd option fuse={fuse}: choose from {', '.join(FUSES)}")
         if fuse not in NO_SEG_FUSES and not self.seg:
@@ -96,6 +96,8 @@ class DMDDConfig:
         layers = d.get("layers", [])
         if not isinstance(layers, (list, tuple)) or not all(isinstance(v, str) for v in layers):
             raise StpmError(f"{where}: config 'layers' must be a list of level names")
+        if "fuse" not in d:  # a checkpoint from before the option: its map was the network's alone
+            d = {**d, "fuse": "seg" if d.get("seg", True) else "product"}
         try:
             return cls(**{**d, "layers": tuple(layers)}).resolved()
         except (StpmError, TypeError) as e:
