@@ -111,9 +111,24 @@ def test_config_validation_and_round_trip():
         old = {k: v for k, v in m.config_to_dict(c).items() if k != "fuse"}
         assert m.config_from_dict(old, "old.pt").fuse == was
     for bad in ({"nope": 1}, {"margin": -1}, {"score": "mean"}, {"seg": 3}, {"topk": 0}, {"fuse": "sum"},
+                {"stop_on": "seg"},
                 {"seg": False, "fuse": "seg_product"}):
         with pytest.raises(StpmError):
             m.make_config(MethodOptions(extra=bad), (64, 64))
+
+
+def test_stop_on_normality_follows_the_normality_term_alone():
+    m = get_method("dmdd")
+    model = m.build(m.make_config(MethodOptions(), (64, 64)), (64, 64), pretrained=False, seed=0).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        terms = dmdd_losses(model, x, torch.Generator().manual_seed(1))
+        total = m.holdout_loss(model, x, SimpleNamespace(generator=torch.Generator().manual_seed(1)))
+        model.config = DMDDConfig(**{**model.config.__dict__, "stop_on": "normality"}).resolved()
+        normal = m.holdout_loss(model, x, SimpleNamespace(generator=torch.Generator().manual_seed(1)))
+    assert set(terms) == {"normality", "abnormality", "fit", "seg"}
+    torch.testing.assert_close(total, sum(terms.values()))
+    torch.testing.assert_close(normal, terms["normality"])
 
 
 def test_fuse_variants_share_the_trained_model():

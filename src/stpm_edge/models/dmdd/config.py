@@ -21,6 +21,8 @@ Method options (``stpm-train --method dmdd --opt KEY=VALUE``):
 ``topk`` (100)          pixels averaged by ``score=topk``.
 ``seg_lr`` (0.1)        the segmentation network's SGD learning rate (the student: ``--lr``, 0.4).
 ``p_anomaly`` (0.5)     share of training images given a synthetic anomaly.
+``stop_on`` (all)       the held-out loss early stopping follows: ``all`` the sum of the terms;
+                        ``normality`` the normality term alone (the student's distillation).
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ from stpm_edge.models.backbones import get_spec, resolve_layers
 MAX_BLUR = 64.0
 SCORES = ("max", "topk")
 FUSES = ("seg", "product", "seg_product", "normality", "seg_normality")
-NO_SEG_FUSES = ("product", "normality")  # the maps that need no segmentation network
+NO_SEG_FUSES = ("product", "normality")
+STOP_ON = ("all", "normality")  # the maps that need no segmentation network
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class DMDDConfig:
     topk: int = 100
     seg_lr: float = 0.1
     p_anomaly: float = 0.5
+    stop_on: str = "all"
 
     def resolved(self) -> "DMDDConfig":
         """Validated, levels resolved (one-line StpmError)."""
@@ -72,6 +76,8 @@ class DMDDConfig:
         if fuse not in NO_SEG_FUSES and not self.seg:
             raise StpmError(f"dmdd option fuse={fuse} needs the segmentation network (seg=false: fuse=product "
                             "or normality)")
+        if self.stop_on not in STOP_ON:
+            raise StpmError(f"dmdd option stop_on={self.stop_on}: choose from {', '.join(STOP_ON)}")
         if self.score not in SCORES:
             raise StpmError(f"dmdd option score={self.score}: choose from {', '.join(SCORES)}")
         if isinstance(self.topk, bool) or not isinstance(self.topk, int) or not 1 <= self.topk <= 3840:
@@ -111,7 +117,7 @@ class DMDDConfig:
         if unknown:
             raise StpmError(f"method dmdd has no option {sorted(unknown)[0]!r} (it has: {', '.join(sorted(allowed))})")
         kw: dict[str, Any] = dict(extra)
-        for key in ("score", "fuse"):
+        for key in ("score", "fuse", "stop_on"):
             if key in kw:
                 kw[key] = str(kw[key])
 

@@ -111,7 +111,8 @@ class DMDDMethod(Method):
 
     def holdout_loss(self, model: DMDD, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         # ctx.generator is re-seeded by the trainer for every held-out pass: the same anomalies each epoch
-        return sum(dmdd_losses(model, x, ctx.generator).values())
+        terms = dmdd_losses(model, x, ctx.generator)
+        return terms["normality"] if model.config.stop_on == "normality" else sum(terms.values())
 
     def inference_module(self, model: DMDD, *, blur_sigma: float | None = None,
                          options: dict[str, Any] | None = None) -> nn.Module:
