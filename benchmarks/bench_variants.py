@@ -17,12 +17,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from stpm_edge.data.mvtec import load_dataset
 from stpm_edge.data.preprocess import preprocess_images
-from stpm_edge.eval.evaluate import load_test, score_test
+from stpm_edge.errors import StpmError
+from stpm_edge.eval.evaluate import load_test, predict, score_test
 from stpm_edge.models.checkpoint import load_checkpoint
 
 
@@ -52,15 +52,8 @@ def run(ckpt: Path, data: Path, variants: list[str], batch: int = 16) -> list[di
         changes = _parse(spec)
         cfg = method.config_from_dict({**method.config_to_dict(base), **changes}, f"--set {spec}")
         model.config = cfg
-        net = method.inference_module(model).eval()
-        maps, scores = [], []
-        for i in range(0, len(x), batch):
-            amap, score = net(x[i:i + batch])
-            if amap.shape[-2:] != x.shape[-2:]:
-                amap = torch.nn.functional.interpolate(amap, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            maps.append(amap[:, 0].float().numpy())
-            scores.append(score.float().numpy())
-        r = score_test(test, np.concatenate(maps), np.concatenate(scores))
+        maps, scores, _ = predict(model, x, batch_size=batch, method=method)
+        r = score_test(test, maps, scores)
         rows.append({"variant": spec or "as trained", "image_auroc": round(r.image_auroc, 4),
                      "pixel_auroc": round(r.pixel_auroc, 4), "pro": round(r.pro, 4),
                      "per_type": {k: round(v, 3) for k, v in r.per_type.items()}})
@@ -77,7 +70,10 @@ def main() -> None:
     ap.add_argument("--set", dest="variants", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     a = ap.parse_args()
-    rows = run(a.checkpoint, a.data, a.variants)
+    try:
+        rows = run(a.checkpoint, a.data, a.variants)
+    except StpmError as e:
+        raise SystemExit(f"bench_variants: {e}") from None
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1) + "\n")
     kinds = sorted({k for r in rows for k in r["per_type"]})

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from rich.table import Table
+
+from stpm_edge.bench.report import _f, _ratio
+
 SET_SCHEMA = "stpm-edge/bench-set"
 SET_SCHEMA_VERSION = 1
 KEY = ("backend", "precision", "form", "device", "batch", "streams", "cuda_graph")
@@ -51,15 +55,11 @@ def bench_set(reports: Sequence[dict[str, Any]], version: str, command: str | No
             "reports": list(reports), "comparison": comparison(reports)}
 
 
-def _f(v: Any, fmt: str) -> str:
-    return "–" if v is None else format(v, fmt)
-
-
 def comparison_cells(c: dict[str, Any]) -> list[str]:
     k = c["key"]
     return [c["model"], c["arch"] or "?", c["label"], k["device"], str(k["batch"]), str(k["streams"]),
             _f(c["p50_ms"], ".1f"), _f(c["ms_per_frame"], ".2f"), _f(c["throughput_fps"], ".1f"),
-            _f(c["gflop_per_frame"], ".2f"), "–" if c["vs_first"] is None else f"{c['vs_first']:.2f}×"]
+            _f(c["gflop_per_frame"], ".2f"), _ratio(c["vs_first"])]
 
 
 def comparison_markdown(entries: Sequence[dict[str, Any]]) -> str:
@@ -71,9 +71,7 @@ def comparison_markdown(entries: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def comparison_table(entries: Sequence[dict[str, Any]]) -> Any:
-    from rich.table import Table  # noqa: PLC0415
-
+def comparison_table(entries: Sequence[dict[str, Any]]) -> Table:
     table = Table(title="stpm-bench: the models side by side", title_justify="left",
                   caption="× first model's p50: p50 over the first model's row of the same backend, precision, "
                           "form, device, batch and streams, in this run (> 1: slower)", caption_justify="left")

@@ -78,7 +78,7 @@ def bench_cmd(
     if not verbose:  # one INFO line per opened backend is noise here; the table says what ran
         logging.getLogger("stpm_edge.runtime").setLevel(logging.WARNING)
     from stpm_edge.bench import report as fmt  # noqa: PLC0415
-    from stpm_edge.bench.runner import BenchConfig, run_bench  # noqa: PLC0415
+    from stpm_edge.bench.runner import BenchConfig  # noqa: PLC0415
 
     if json_out and markdown:
         raise StpmError("--json and --markdown: choose one")
@@ -93,18 +93,18 @@ def bench_cmd(
     if len(set(map(str, targets))) != len(targets):
         raise StpmError("the same MODEL is named twice")
     devices = tuple(d for d in parse_choices(device, ("auto", *DEVICES), "--device"))
+    chosen = (parse_choices(backends, BACKENDS, "--backends"), parse_choices(precisions, PRECISIONS, "--precisions"),
+              parse_batches(batch), devices)
     configs = []
     for k, target in enumerate(targets):
         folder = work_dir if work_dir is None or len(targets) == 1 else work_dir / f"{k + 1}-{Path(str(target)).stem}"
         configs.append(BenchConfig(
-            target, checkpoint, parse_choices(backends, BACKENDS, "--backends"),
-            parse_choices(precisions, PRECISIONS, "--precisions"), parse_batches(batch), devices, warmup, iters,
-            threads, cuda_graphs, calib, calib_count, measure_peak=peak, isolate=isolate, work_dir=folder,
-            streams=parse_batches(streams, "--streams")).validated())
+            target, checkpoint, *chosen, warmup, iters, threads, cuda_graphs, calib, calib_count, measure_peak=peak,
+            isolate=isolate, work_dir=folder, streams=parse_batches(streams, "--streams")).validated())
     results = []
     for k, cfg in enumerate(configs):
         prefix = f"[model {k + 1}/{len(configs)}: {cfg.model}] " if len(configs) > 1 else ""
-        results.append(_run_one(cfg, prefix, run_bench))
+        results.append(_run_one(cfg, prefix))
     command = "stpm-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     for result in results:
         result["command"] = command
@@ -138,8 +138,10 @@ def bench_cmd(
     _print_report(out, result, fmt)
 
 
-def _run_one(cfg, prefix: str, run_bench):
+def _run_one(cfg, prefix: str):
     """One model's benchmark, with a progress bar on a terminal and plain lines otherwise."""
+    from stpm_edge.bench.runner import run_bench  # noqa: PLC0415
+
     if console.is_terminal:
         with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=True) as progress:

@@ -36,8 +36,8 @@ from stpm_edge.models.backbones import get_spec, resolve_layers
 MAX_BLUR = 64.0
 SCORES = ("max", "topk")
 FUSES = ("seg", "product", "seg_product", "normality", "seg_normality")
-NO_SEG_FUSES = ("product", "normality")
-STOP_ON = ("all", "normality")  # the maps that need no segmentation network
+NO_SEG_FUSES = ("product", "normality")  # the maps that need no segmentation network
+STOP_ON = ("all", "normality")
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,6 @@ class DMDDConfig:
         for key in ("score", "fuse", "stop_on"):
             if key in kw:
                 kw[key] = str(kw[key])
-
         return cls(backbone or "efficientnet_lite0", tuple(layers), 4.0 if blur is None else blur, **kw).resolved()
 
 
